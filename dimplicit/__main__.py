@@ -1,0 +1,5 @@
+import sys
+
+from dimplicit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Thin CLI adapters; the work lives in the library modules they call."""

@@ -1,0 +1,1 @@
+"""Data: CSV -> Zarr ingest, schemas, synthetic traffic."""
