@@ -80,7 +80,7 @@ class Backend:
         return np.dtype(self.dtype)
 
     def asarray(self, a, dtype=None):
-        """Move ``a`` to this backend's device with this backend's dtype (no copy if already there)."""
+        """Move ``a`` to this backend's device and dtype (no copy if already there)."""
         dt = self.np_dtype if dtype is None else dtype
         if self.device == "gpu":
             return _cupy().asarray(a, dtype=dt)

@@ -1,0 +1,143 @@
+"""Componentwise activations φ and their derivatives, applied in place.
+
+An activation is named by a string: ``"relu"``, ``"leaky_relu"`` (slope 0.01), ``"leaky_relu:0.1"``
+(slope α after the colon), ``"tanh"``, ``"arctan"``, ``"sigmoid"``, ``"identity"``.  A model may
+give every hidden neuron its own activation (:class:`Activation` with a list of names); neurons
+sharing a name are processed together, so per-neuron activations cost one pass per distinct name.
+
+All functions are 1-Lipschitz except leaky_relu with α > 1, which is rejected, so the
+well-posedness condition ‖A‖∞ < 1 of DESIGN §1 applies to every activation offered here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dimplicit.backend import array_module
+
+NAMES = ("relu", "leaky_relu", "tanh", "arctan", "sigmoid", "identity")
+
+
+def parse(name: str) -> tuple[str, float]:
+    """Split ``"leaky_relu:0.1"`` into ``("leaky_relu", 0.1)``; validate the name."""
+    base, _, arg = name.partition(":")
+    if base not in NAMES:
+        raise ValueError(f"unknown activation {name!r}; choose from {', '.join(NAMES)}")
+    alpha = 0.0
+    if base == "leaky_relu":
+        alpha = float(arg) if arg else 0.01
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"leaky_relu slope must be in [0, 1] (1-Lipschitz), got {alpha}")
+    elif arg:
+        raise ValueError(f"activation {base!r} takes no parameter, got {name!r}")
+    return base, alpha
+
+
+def apply_(z, name: str):
+    """Overwrite ``z`` with φ(z) in place and return it."""
+    xp = array_module(z)
+    base, alpha = parse(name)
+    if base == "relu":
+        xp.maximum(z, 0, out=z)
+    elif base == "leaky_relu":
+        # max(z, αz) equals leaky_relu for 0 ≤ α ≤ 1; one fused pass, no mask array.
+        xp.maximum(z, alpha * z, out=z)
+    elif base == "tanh":
+        xp.tanh(z, out=z)
+    elif base == "arctan":
+        xp.arctan(z, out=z)
+    elif base == "sigmoid":
+        # 0.5 * (1 + tanh(z/2)) is the overflow-free form of 1 / (1 + exp(-z)).
+        z *= 0.5
+        xp.tanh(z, out=z)
+        z += 1
+        z *= 0.5
+    return z
+
+
+def derivative(x, name: str):
+    """Return φ'(z) as a new array, computed from ``x = φ(z)`` alone.
+
+    Every φ offered here is invertible on its range (or flat where its slope is 0), so the
+    slope can be read off the output: this saves recomputing ``z = x Aᵀ + u Bᵀ + b`` (one GEMM)
+    after a fixed-point solve, and it is the exact slope at the ``z`` that produced ``x``.
+    """
+    xp = array_module(x)
+    base, alpha = parse(name)
+    if base == "relu":
+        return (x > 0).astype(x.dtype)
+    if base == "leaky_relu":
+        return xp.where(x > 0, x.dtype.type(1), x.dtype.type(alpha))
+    if base == "tanh":
+        return 1 - x * x
+    if base == "arctan":
+        c = xp.cos(x)  # z = tan(x), so 1 / (1 + z²) = cos²(x)
+        return c * c
+    if base == "sigmoid":
+        return x * (1 - x)
+    return xp.ones_like(x)
+
+
+class Activation:
+    """φ for all hidden neurons: one name, or one name per neuron.
+
+    Parameters
+    ----------
+    spec : str or sequence of str
+        A single activation name for every neuron, or ``n`` names (one per neuron).
+    n : int
+        Number of hidden neurons (checked against a per-neuron list).
+    """
+
+    def __init__(self, spec, n: int):
+        if isinstance(spec, str):
+            parse(spec)
+            self.names = [spec]
+            self.groups = None  # one activation for all columns: the fast path
+        else:
+            names = [str(s) for s in spec]
+            if len(names) != n:
+                raise ValueError(f"per-neuron activation list has {len(names)} entries, need {n}")
+            for s in set(names):
+                parse(s)
+            uniq = sorted(set(names))
+            if len(uniq) == 1:
+                self.names, self.groups = uniq, None
+            else:
+                self.names = uniq
+                arr = np.array(names)
+                self.groups = [np.flatnonzero(arr == u) for u in uniq]
+        self.spec = spec if isinstance(spec, str) else list(spec)
+
+    def _columns(self, xp):
+        # Index arrays on the right device, cached per array module.
+        cache = self.__dict__.setdefault("_cols", {})
+        if xp.__name__ not in cache:
+            cache[xp.__name__] = [xp.asarray(g) for g in self.groups]
+        return cache[xp.__name__]
+
+    def apply_(self, z):
+        """φ(z) in place (``z`` is batch × n)."""
+        if self.groups is None:
+            return apply_(z, self.names[0])
+        xp = array_module(z)
+        for name, cols in zip(self.names, self._columns(xp), strict=True):
+            sub = z[:, cols]
+            z[:, cols] = apply_(sub, name)
+        return z
+
+    def derivative(self, x):
+        """φ'(z) (batch × n) as a new array, from ``x = φ(z)``."""
+        if self.groups is None:
+            return derivative(x, self.names[0])
+        xp = array_module(x)
+        out = xp.empty_like(x)
+        for name, cols in zip(self.names, self._columns(xp), strict=True):
+            out[:, cols] = derivative(x[:, cols], name)
+        return out
+
+    def to_list(self, n: int) -> list[str]:
+        """One name per neuron (for saving)."""
+        if isinstance(self.spec, str):
+            return [self.spec] * n
+        return list(self.spec)

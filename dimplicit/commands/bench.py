@@ -1,0 +1,93 @@
+"""``dimplicit bench {core,distributed}``: throughput benchmarks printing ONE JSON object."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub):
+    p = sub.add_parser("bench", help="benchmarks (print JSON)")
+    bsub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+
+    c = bsub.add_parser(
+        "core",
+        help="train a dense model for a few steps in-process; GFLOP/s vs measured GEMM peak",
+        description="Train a dense relu implicit model on random data for a few steps and print "
+        "samples/s, iterations, achieved GFLOP/s (DESIGN §6 flop count), the GEMM peak measured "
+        "in the same run, fraction_of_peak and peak RSS.",
+    )
+    c.add_argument("--hidden", type=int, default=1024, help="hidden neurons n (default 1024)")
+    c.add_argument("--batch", type=int, default=4096, help="rows per step b (default 4096)")
+    c.add_argument("--inputs", type=int, default=64, help="input features p (default 64)")
+    c.add_argument("--outputs", type=int, default=10, help="outputs q (default 10)")
+    c.add_argument(
+        "--method",
+        default="implicit",
+        help="gradient method: implicit, neumann, jfb, phantom-K (default implicit)",
+    )
+    c.add_argument("--solver", choices=["picard", "anderson"], default="picard")
+    c.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    c.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up (default 5)")
+    c.add_argument("--tol", type=float, default=1e-4, help="relative residual per sample")
+    c.add_argument("--max-iter", type=int, default=100, help="iteration limit per solve")
+    c.add_argument("--threads", type=int, default=None, help="BLAS threads (default: all)")
+    c.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    c.add_argument("--tf32", action="store_true", help="GPU float32: allow TF32 GEMMs")
+    c.set_defaults(func=run_core)
+
+    d = bsub.add_parser(
+        "distributed",
+        help="samples/s with 1 and 2 Dask workers, speedup and scheduler overhead",
+        description="Train the same model on the same Zarr data with 1 and with 2 single-threaded "
+        "workers and print samples/s, speedup and the per-step overhead fraction.",
+    )
+    d.add_argument("--hidden", type=int, default=512)
+    d.add_argument("--block-rows", type=int, default=8192, help="rows per partition")
+    d.add_argument("--blocks-per-step", type=int, default=4)
+    d.add_argument("--inputs", type=int, default=64)
+    d.add_argument("--outputs", type=int, default=10)
+    d.add_argument("--steps", type=int, default=6)
+    d.add_argument("--method", default="implicit")
+    d.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    d.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
+    d.set_defaults(func=run_distributed)
+
+
+def run_core(args) -> int:
+    from dimplicit.bench import bench_core
+
+    out = bench_core(
+        hidden=args.hidden,
+        batch=args.batch,
+        inputs=args.inputs,
+        outputs=args.outputs,
+        method=args.method,
+        solver=args.solver,
+        dtype=args.dtype,
+        steps=args.steps,
+        tol=args.tol,
+        max_iter=args.max_iter,
+        threads=args.threads,
+        device=args.device,
+        tf32=args.tf32,
+    )
+    print(json.dumps(out))
+    return 0
+
+
+def run_distributed(args) -> int:
+    from dimplicit.distributed.bench import bench_distributed
+
+    out = bench_distributed(
+        hidden=args.hidden,
+        block_rows=args.block_rows,
+        blocks_per_step=args.blocks_per_step,
+        inputs=args.inputs,
+        outputs=args.outputs,
+        steps=args.steps,
+        method=args.method,
+        dtype=args.dtype,
+        workers=[int(w) for w in args.workers.split(",")],
+    )
+    print(json.dumps(out))
+    return 0

@@ -1,0 +1,125 @@
+"""Gradients through the equilibrium: the adjoint matrix ``V = ∂L/∂Z`` by four methods.
+
+With ``S = φ'(Z)`` at the fixed point and ``G_X = G_Y C`` (DESIGN §3)::
+
+    implicit   V = S ⊙ (G_X + V A)                     adjoint fixed point (IFT)
+    neumann    h₀ = S ⊙ G_X,  h_{k+1} = S ⊙ (h_k A),  V = Σ h_k      Szekeres & Izsák (2024)
+    jfb        V = S ⊙ G_X                             Fung et al. (2022)
+    phantom-k  V = h₀ + … + h_k                        truncated series (k = 0 is jfb)
+
+and then ``∂L/∂A = Vᵀ X``, ``∂L/∂B = Vᵀ U``, ``∂L/∂b_x = Σ_rows V``, ``∂L/∂U = V B + G_Y D``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from dimplicit.backend import array_module
+from dimplicit.solvers import SolverOptions, SolveStats, solve
+from dimplicit.solvers.result import finish
+
+METHODS = ("implicit", "neumann", "jfb", "phantom")
+
+
+@dataclass(frozen=True)
+class BackwardOptions:
+    """How to obtain ``V``.
+
+    Parameters
+    ----------
+    method : {"implicit", "neumann", "jfb", "phantom"}
+        ``"phantom"`` sums the first ``k + 1`` terms of the Neumann series (k GEMMs).
+        The spellings ``"phantom-3"`` / ``"neumann-3"`` set ``k`` too.
+    k : int
+        Truncation for ``phantom``.
+    solver : SolverOptions
+        Tolerance / iteration limit / failure policy; ``implicit`` also uses its solver choice
+        (Picard or Anderson).  For ``neumann`` the tolerance is on ``‖h_k‖∞ / ‖V‖∞``.
+    """
+
+    method: str = "implicit"
+    k: int = 5
+    solver: SolverOptions = field(default_factory=SolverOptions)
+
+    def __post_init__(self):
+        base, _, kk = self.method.partition("-")
+        if kk:
+            if base not in ("phantom", "neumann") or not kk.isdigit():
+                raise ValueError(f"bad gradient method {self.method!r}")
+            object.__setattr__(self, "method", "phantom")
+            object.__setattr__(self, "k", int(kk))
+        elif base not in METHODS:
+            raise ValueError(f"gradient method must be one of {METHODS} or phantom-K, got {base!r}")
+        if self.k < 0:
+            raise ValueError(f"k must be ≥ 0, got {self.k}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def adjoint(model, X, G_X, options: BackwardOptions = BackwardOptions()):
+    """Return ``(V, stats)`` for hidden states ``X`` and the direct gradient ``G_X``.
+
+    ``stats.iterations`` counts GEMMs with ``A`` (0 for jfb).
+    """
+    xp = array_module(X)
+    A = model.params["A"]
+    S = model.activation.derivative(X)
+    h = S * G_X
+    so = options.solver
+    if options.method == "jfb":
+        return h, _exact_stats(0, so.tol)
+    if options.method == "implicit":
+
+        def f_(v, out):
+            xp.matmul(v, A, out=out)
+            out += G_X
+            out *= S
+            return out
+
+        return solve(f_, h, so, what="adjoint (implicit) fixed-point solve")
+
+    # Neumann series, truncated (phantom) or summed to tolerance (neumann).
+    V = h.copy()
+    tmp = xp.empty_like(h)
+    limit = options.k if options.method == "phantom" else so.max_iter
+    k, ratio = 0, 0.0
+    while k < limit:
+        xp.matmul(h, A, out=tmp)
+        tmp *= S
+        h, tmp = tmp, h
+        V += h
+        k += 1
+        if options.method == "neumann" and (k % so.check_every == 0 or k == limit):
+            hmax = float(xp.abs(h).max()) if h.size else 0.0
+            vmax = float(xp.abs(V).max()) if V.size else 0.0
+            ratio = hmax / vmax if vmax > 0 else (0.0 if hmax == 0 else float("inf"))
+            if not ratio == ratio or ratio < so.tol:  # NaN counts as failure below
+                break
+    if options.method == "phantom":
+        return V, _exact_stats(k, so.tol)
+    ok = ratio < so.tol
+    stats = SolveStats(k, ratio, ratio, ok, 0 if ok else X.shape[0], so.tol)
+    return V, finish(stats, so.on_failure, "adjoint (neumann) series")
+
+
+def _exact_stats(k, tol):
+    return SolveStats(k, 0.0, 0.0, True, 0, tol)
+
+
+def parameter_gradients(model, V, X, U, G_Y, want_input_grad=False):
+    """Gradient sums of every parameter (masked), and optionally ``∂L/∂U``."""
+    g = {
+        "A": V.T @ X,
+        "B": V.T @ U,
+        "C": G_Y.T @ X,
+        "D": G_Y.T @ U,
+        "b_x": V.sum(axis=0),
+        "b_y": G_Y.sum(axis=0),
+    }
+    for k, m in model.masks.items():
+        g[k] *= m
+    if want_input_grad:
+        P = model.params
+        g["U"] = V @ P["B"] + G_Y @ P["D"]
+    return g

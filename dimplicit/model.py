@@ -1,0 +1,329 @@
+"""The implicit model: weights, structure masks, activation; builders; save/load without pickle.
+
+Batch-first notation (DESIGN §1)::
+
+    Z = X Aᵀ + U Bᵀ + b_x      X = φ(Z)      Ŷ = X Cᵀ + U Dᵀ + b_y
+
+Weights live in a plain ``dict`` (``PARAM_NAMES`` order) so they travel cheaply between Dask
+tasks and into ``.npz`` checkpoints; masks are 0/1 arrays of the same shapes (``None`` = free).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dimplicit.activations import Activation
+from dimplicit.backend import to_host
+
+# Fixed order: also the order hashed by :func:`weights_sha256`.
+PARAM_NAMES = ("A", "B", "C", "D", "b_x", "b_y")
+MATRICES = ("A", "B", "C", "D")
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ImplicitModel:
+    """An implicit network ``x = φ(Ax + Bu + b_x)``, ``ŷ = Cx + Du + b_y``.
+
+    Attributes
+    ----------
+    params : dict[str, array]
+        ``A`` (n×n), ``B`` (n×p), ``C`` (q×n), ``D`` (q×p), ``b_x`` (n,), ``b_y`` (q,).
+    activation : Activation
+        φ, one name or one per hidden neuron.
+    masks : dict[str, array]
+        Optional 0/1 structure masks for ``A``, ``B``, ``C``, ``D``; missing = all free.
+    kappa : float or None
+        Radius of the row-wise ℓ1 constraint on ``A`` kept during training (None: no constraint).
+    meta : dict
+        JSON-serialisable description (builder, widths, ...), saved with the model.
+    """
+
+    params: dict
+    activation: Activation
+    masks: dict = field(default_factory=dict)
+    kappa: float | None = 0.95
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        missing = [k for k in PARAM_NAMES if k not in self.params]
+        if missing:
+            raise ValueError(f"model params missing {missing}")
+        n, p, q = self.n_hidden, self.n_inputs, self.n_outputs
+        want = {"A": (n, n), "B": (n, p), "C": (q, n), "D": (q, p), "b_x": (n,), "b_y": (q,)}
+        for k, shape in want.items():
+            if tuple(self.params[k].shape) != shape:
+                raise ValueError(f"param {k} has shape {self.params[k].shape}, expected {shape}")
+        for k, m in self.masks.items():
+            if k not in MATRICES or tuple(m.shape) != want[k]:
+                raise ValueError(f"mask {k!r} must have the shape of {k} {want.get(k)}")
+
+    @property
+    def n_hidden(self) -> int:
+        return int(self.params["A"].shape[0])
+
+    @property
+    def n_inputs(self) -> int:
+        return int(self.params["B"].shape[1])
+
+    @property
+    def n_outputs(self) -> int:
+        return int(self.params["C"].shape[0])
+
+    def copy(self) -> ImplicitModel:
+        return ImplicitModel(
+            {k: v.copy() for k, v in self.params.items()},
+            self.activation,
+            {k: v.copy() for k, v in self.masks.items()},
+            self.kappa,
+            json.loads(json.dumps(self.meta)),
+        )
+
+    def astype(self, backend) -> ImplicitModel:
+        """The same model with params and masks on ``backend``'s device and dtype."""
+        return ImplicitModel(
+            {k: backend.asarray(v) for k, v in self.params.items()},
+            self.activation,
+            {k: backend.asarray(v) for k, v in self.masks.items()},
+            self.kappa,
+            self.meta,
+        )
+
+    def save(self, path) -> Path:
+        """Write the model to ``path`` (``.npz``, no pickle), atomically."""
+        arrays = {f"param/{k}": to_host(v) for k, v in self.params.items()}
+        arrays.update({f"mask/{k}": to_host(v) for k, v in self.masks.items()})
+        header = {
+            "format": "dimplicit-model",
+            "version": FORMAT_VERSION,
+            "activation": self.activation.to_list(self.n_hidden),
+            "kappa": self.kappa,
+            "meta": self.meta,
+        }
+        arrays["header"] = np.array(json.dumps(header))
+        return save_npz_atomic(path, arrays)
+
+    @classmethod
+    def load(cls, path) -> ImplicitModel:
+        """Read a model written by :meth:`save`; clear errors for missing or malformed files."""
+        arrays = load_npz(path, "model")
+        try:
+            header = json.loads(str(arrays["header"]))
+            if header.get("format") != "dimplicit-model":
+                raise ValueError("not a dimplicit model file")
+            params = {k: arrays[f"param/{k}"] for k in PARAM_NAMES}
+            masks = {k: arrays[f"mask/{k}"] for k in MATRICES if f"mask/{k}" in arrays}
+            names = header["activation"]
+            spec = names[0] if len(set(names)) == 1 else names
+            act = Activation(spec, params["A"].shape[0])
+            return cls(params, act, masks, header.get("kappa"), header.get("meta", {}))
+        except (KeyError, ValueError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: malformed dimplicit model file ({exc})") from None
+
+
+def save_npz_atomic(path, arrays: dict) -> Path:
+    """``np.savez`` to a temporary file in the same directory, then rename over ``path``.
+
+    A crash mid-write leaves any existing file at ``path`` intact (rename is atomic on POSIX).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_npz(path, what: str = "file") -> dict:
+    """Load every array of an ``.npz`` with ``allow_pickle=False``; one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as exc:  # zipfile.BadZipFile, EOFError, ValueError on truncation
+        raise ValueError(f"{path}: unreadable or truncated {what} ({type(exc).__name__})") from None
+
+
+def weights_sha256(params: dict) -> str:
+    """SHA-256 over all weight arrays' bytes, in ``PARAM_NAMES`` order, C-contiguous, host.
+
+    Two runs have the same hash exactly when their weights are bitwise identical.
+    """
+    h = hashlib.sha256()
+    for k in PARAM_NAMES:
+        h.update(np.ascontiguousarray(to_host(params[k])).tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def _rng(seed):
+    return np.random.default_rng(seed)
+
+
+def dense_model(
+    n_inputs: int,
+    n_hidden: int,
+    n_outputs: int,
+    *,
+    activation="relu",
+    kappa: float | None = 0.95,
+    a_norm: float = 0.5,
+    use_D: bool = True,
+    seed=0,
+    dtype="float32",
+) -> ImplicitModel:
+    """A dense El Ghaoui implicit model with random weights.
+
+    Parameters
+    ----------
+    n_inputs, n_hidden, n_outputs : int
+        p, n, q.
+    activation : str or list of str
+        φ for all neurons, or one name per neuron.
+    kappa : float or None
+        ℓ1 row radius kept during training; the initial ``A`` satisfies it.
+    a_norm : float
+        Initial ‖A‖∞ (rows scaled to this ℓ1 norm; must be ≤ kappa when kappa is set).
+    use_D : bool
+        Keep the direct input→output path ``D``; if False it is masked to zero.
+    seed : int
+        Seed of the initialisation.
+    """
+    rng = _rng(seed)
+    n, p, q = n_hidden, n_inputs, n_outputs
+    A = rng.standard_normal((n, n))
+    A *= a_norm / np.abs(A).sum(axis=1, keepdims=True)
+    if kappa is not None and a_norm > kappa:
+        raise ValueError(f"a_norm={a_norm} exceeds kappa={kappa}")
+    params = {
+        "A": A,
+        "B": rng.standard_normal((n, p)) * np.sqrt(2.0 / p),
+        "C": rng.standard_normal((q, n)) * np.sqrt(1.0 / n),
+        "D": rng.standard_normal((q, p)) * np.sqrt(1.0 / p) if use_D else np.zeros((q, p)),
+        "b_x": np.zeros(n),
+        "b_y": np.zeros(q),
+    }
+    masks = {} if use_D else {"D": np.zeros((q, p))}
+    params = {k: v.astype(dtype) for k, v in params.items()}
+    masks = {k: v.astype(dtype) for k, v in masks.items()}
+    meta = {"builder": "dense", "seed": seed, "widths": [p, n, q]}
+    return ImplicitModel(params, Activation(activation, n), masks, kappa, meta)
+
+
+def layered_model(
+    widths,
+    *,
+    activation="leaky_relu:0.1",
+    implicit_layers=(),
+    implicit_activation="arctan",
+    implicit_scale: float = 0.1,
+    use_D: bool = False,
+    kappa: float | None = None,
+    seed=0,
+    dtype="float32",
+) -> ImplicitModel:
+    """A layered (feedforward) network written as an implicit model, optionally partly implicit.
+
+    ``widths = [p, h_1, ..., h_L, q]``: input, hidden layers, output.  Hidden layer ``l+1``
+    reads layer ``l`` through a block of ``A`` below the diagonal (so ``A`` is strictly block
+    lower-triangular and Picard is exact after L iterations); ``B`` feeds only the first hidden
+    layer and ``C`` reads only the last.  Input and output are identity (linear) layers.
+
+    Parameters
+    ----------
+    widths : sequence of int
+        At least ``[p, h_1, q]``.
+    activation : str
+        φ of the hidden layers.
+    implicit_layers : sequence of int
+        Hidden-layer indices (0-based) that get an all-to-all block *within* the layer, without
+        self-loops: the "v1" latent block of Szekeres & Izsák (2024).  Such a model is genuinely
+        implicit; its neurons use ``implicit_activation``.
+    implicit_scale : float
+        Initial scale of the intra-layer block (small, so the initial model is well-posed).
+    use_D : bool
+        Add a direct input→output path.
+    kappa : float or None
+        Row-ℓ1 radius kept during training (None: unconstrained, as in the paper's models).
+    """
+    widths = [int(w) for w in widths]
+    if len(widths) < 3 or min(widths) < 1:
+        raise ValueError(
+            f"widths must be [inputs, hidden..., outputs] with ≥ 1 hidden, got {widths}"
+        )
+    p, hidden, q = widths[0], widths[1:-1], widths[-1]
+    n = sum(hidden)
+    offs = np.concatenate([[0], np.cumsum(hidden)])
+    rng = _rng(seed)
+    A = np.zeros((n, n))
+    MA = np.zeros((n, n))
+    for l in range(len(hidden) - 1):
+        r0, r1, c0, c1 = offs[l + 1], offs[l + 2], offs[l], offs[l + 1]
+        MA[r0:r1, c0:c1] = 1
+        A[r0:r1, c0:c1] = rng.standard_normal((r1 - r0, c1 - c0)) * np.sqrt(2.0 / (c1 - c0))
+    names = [activation] * n
+    for l in implicit_layers:
+        if not 0 <= l < len(hidden):
+            raise ValueError(f"implicit layer {l} out of range for {len(hidden)} hidden layers")
+        s0, s1 = offs[l], offs[l + 1]
+        block = np.ones((s1 - s0, s1 - s0)) - np.eye(s1 - s0)  # all-to-all, no self-loops
+        MA[s0:s1, s0:s1] = block
+        A[s0:s1, s0:s1] = rng.standard_normal(block.shape) * block * implicit_scale / (s1 - s0)
+        names[s0:s1] = [implicit_activation] * (s1 - s0)
+    MB = np.zeros((n, p))
+    MB[: hidden[0]] = 1
+    MC = np.zeros((q, n))
+    MC[:, offs[-2] :] = 1
+    B = rng.standard_normal((n, p)) * np.sqrt(2.0 / p) * MB
+    C = rng.standard_normal((q, n)) * np.sqrt(1.0 / hidden[-1]) * MC
+    D = rng.standard_normal((q, p)) * np.sqrt(1.0 / p) if use_D else np.zeros((q, p))
+    params = {"A": A, "B": B, "C": C, "D": D, "b_x": np.zeros(n), "b_y": np.zeros(q)}
+    masks = {"A": MA, "B": MB, "C": MC}
+    if not use_D:
+        masks["D"] = np.zeros((q, p))
+    params = {k: v.astype(dtype) for k, v in params.items()}
+    masks = {k: v.astype(dtype) for k, v in masks.items()}
+    spec = names[0] if len(set(names)) == 1 else names
+    meta = {
+        "builder": "layered",
+        "widths": widths,
+        "implicit_layers": list(implicit_layers),
+        "seed": seed,
+    }
+    return ImplicitModel(params, Activation(spec, n), masks, kappa, meta)
+
+
+def autoencoder_widths(n_features: int, layers: int, first: int, latent: int) -> list[int]:
+    """Widths of the "(M;S;L)" autoencoders of Szekeres & Izsák (2024).
+
+    ``M`` hidden layers; the encoder starts at width ``S`` and halves down to the latent width
+    ``L``, latent layers fill the middle, and the decoder mirrors the encoder.  E.g.
+    (5;32;16) → [p, 32, 16, 16, 16, 32, p] and (7;64;16) → [p, 64, 32, 16, 16, 16, 32, 64, p].
+    """
+    if layers < 1 or first < latent or latent < 1:
+        raise ValueError(f"need M ≥ 1 and S ≥ L ≥ 1, got ({layers};{first};{latent})")
+    enc = []
+    w = first
+    while w > latent and len(enc) < (layers - 1) // 2:
+        enc.append(w)
+        w //= 2
+    middle = layers - 2 * len(enc)
+    return [n_features, *enc, *([latent] * middle), *enc[::-1], n_features]

@@ -1,0 +1,142 @@
+"""Optimizers (SGD with momentum/Nesterov, Adam), learning-rate schedules, and the projection.
+
+Everything is a pure function of plain ``dict``s of arrays, so the distributed trainer can run
+an update as a Dask task and a checkpoint can store the state as ``.npz`` arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from dimplicit.backend import array_module
+from dimplicit.model import MATRICES, PARAM_NAMES
+from dimplicit.projection import project_rows_l1
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimizer hyper-parameters.
+
+    Parameters
+    ----------
+    name : {"sgd", "adam"}
+    lr : float
+        Peak learning rate.
+    momentum : float
+        SGD momentum (0 = plain SGD).
+    nesterov : bool
+        Nesterov momentum (SGD).
+    betas : tuple of float
+        Adam's β₁, β₂.
+    eps : float
+        Adam's ε.
+    weight_decay : float
+        L2 penalty added to the gradient of the weight matrices (not the biases).
+    schedule : {"constant", "cosine"}
+        Cosine decays from ``lr`` to ``lr * min_lr_ratio`` over ``total_steps`` after a linear
+        warm-up of ``warmup_steps``.
+    total_steps, warmup_steps : int
+    min_lr_ratio : float
+    """
+
+    name: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    total_steps: int = 0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.name!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.nesterov and not self.momentum > 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        if self.schedule == "cosine" and self.total_steps <= 0:
+            raise ValueError("the cosine schedule needs total_steps > 0")
+        object.__setattr__(self, "betas", tuple(self.betas))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def learning_rate(cfg: OptimizerConfig, step: int) -> float:
+    """The learning rate at 0-based ``step``."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    span = max(cfg.total_steps - cfg.warmup_steps, 1)
+    t = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+    lo = cfg.lr * cfg.min_lr_ratio
+    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * t))
+
+
+def init_state(cfg: OptimizerConfig, params: dict) -> dict:
+    """Zero optimizer state: a flat dict of arrays (``"m/A"``, ``"v/A"``, ...)."""
+    xp = array_module(params["A"])
+    slots = {"sgd": ("m",) if cfg.momentum else (), "adam": ("m", "v")}[cfg.name]
+    return {f"{s}/{k}": xp.zeros_like(params[k]) for s in slots for k in PARAM_NAMES}
+
+
+def apply_update(cfg: OptimizerConfig, params, grads, state, step: int, masks=None, kappa=None):
+    """One optimizer step followed by the masks and the row-ℓ1 projection of ``A``.
+
+    Parameters
+    ----------
+    cfg : OptimizerConfig
+    params, grads, state : dict of arrays
+        Mean gradients (already divided by the global row count).  Not modified.
+    step : int
+        0-based index of this step (for the schedule and Adam's bias correction).
+    masks : dict, optional
+        Structure masks; masked entries are forced back to zero.
+    kappa : float, optional
+        Project every row of ``A`` onto the ℓ1 ball of this radius (DESIGN §1).
+
+    Returns
+    -------
+    new_params, new_state : dict
+    """
+    lr = learning_rate(cfg, step)
+    masks = masks or {}
+    new_p, new_s = {}, {}
+    for k in PARAM_NAMES:
+        g = grads[k]
+        if cfg.weight_decay and k in MATRICES:
+            g = g + cfg.weight_decay * params[k]
+        if cfg.name == "adam":
+            b1, b2 = cfg.betas
+            m = b1 * state[f"m/{k}"] + (1 - b1) * g
+            v = b2 * state[f"v/{k}"] + (1 - b2) * (g * g)
+            new_s[f"m/{k}"], new_s[f"v/{k}"] = m, v
+            t = step + 1
+            mhat_scale = lr / (1 - b1**t)
+            denom = (v / (1 - b2**t)) ** 0.5 + cfg.eps
+            p = params[k] - mhat_scale * m / denom
+        elif cfg.momentum:
+            m = cfg.momentum * state[f"m/{k}"] + g
+            new_s[f"m/{k}"] = m
+            d = g + cfg.momentum * m if cfg.nesterov else m
+            p = params[k] - lr * d
+        else:
+            p = params[k] - lr * g
+        if k in masks:
+            p = p * masks[k]
+        new_p[k] = p.astype(params[k].dtype, copy=False)
+    if kappa is not None:
+        new_p["A"] = project_rows_l1(new_p["A"], kappa, masks.get("A"))
+    new_s = {k: v.astype(state[k].dtype, copy=False) for k, v in new_s.items()}
+    return new_p, new_s

@@ -1,0 +1,75 @@
+"""What every fixed-point solve reports: statistics, a converged flag, and the failure mode."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+class NonConvergenceError(RuntimeError):
+    """A fixed-point solve stopped at ``max_iter`` above tolerance (with ``on_failure="raise"``)."""
+
+    def __init__(self, what: str, stats: SolveStats):
+        self.stats = stats
+        super().__init__(
+            f"{what} did not converge: {stats.iterations} iterations, max relative residual "
+            f"{stats.residual_max:.3g} > tol {stats.tol:.3g} for {stats.n_unconverged} sample(s). "
+            "Check well-posedness (‖A‖∞ < 1, see dimplicit.projection.inf_norm), raise max_iter, "
+            "or use the Anderson solver."
+        )
+
+
+@dataclass
+class SolveStats:
+    """Statistics of one batched fixed-point solve.
+
+    Attributes
+    ----------
+    iterations : int
+        Number of evaluations of the fixed-point map.
+    residual_max, residual_mean : float
+        Max / mean over the batch of the last per-sample relative residual
+        ``‖x_new − x‖ / (‖x_new‖ + ε)`` (for ``neumann``: ``‖h_k‖∞ / ‖V‖∞``).
+    converged : bool
+        Every sample met the tolerance.
+    n_unconverged : int
+        Samples above tolerance at the end.
+    tol : float
+        The tolerance used.
+    fallbacks : int
+        Anderson only: sample-steps that fell back to a plain Picard step because the
+        least-squares system was ill-conditioned.
+    """
+
+    iterations: int
+    residual_max: float
+    residual_mean: float
+    converged: bool
+    n_unconverged: int
+    tol: float
+    fallbacks: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def finish(stats: SolveStats, on_failure: str, what: str) -> SolveStats:
+    """Apply the caller's failure policy: ``"raise"`` or ``"flag"`` (return the stats)."""
+    if on_failure not in ("raise", "flag"):
+        raise ValueError(f"on_failure must be 'raise' or 'flag', got {on_failure!r}")
+    if not stats.converged and on_failure == "raise":
+        raise NonConvergenceError(what, stats)
+    return stats
+
+
+def relative_residual(x_new, x_old, xp, scratch=None):
+    """Per-sample ``‖x_new − x_old‖ / (‖x_new‖ + ε)`` (rows are samples).
+
+    Non-finite rows report ``inf`` so that a diverging solve can never look converged.
+    """
+    d = xp.subtract(x_new, x_old, out=scratch)
+    num = xp.sqrt(xp.einsum("ij,ij->i", d, d))
+    den = xp.sqrt(xp.einsum("ij,ij->i", x_new, x_new))
+    eps = 1e-30 if x_new.dtype == xp.float64 else 1e-20
+    r = num / (den + eps)
+    r[~xp.isfinite(r)] = xp.inf
+    return r
