@@ -327,3 +327,59 @@ def autoencoder_widths(n_features: int, layers: int, first: int, latent: int) ->
         w //= 2
     middle = layers - 2 * len(enc)
     return [n_features, *enc, *([latent] * middle), *enc[::-1], n_features]
+
+
+ARCHS = "dense | layered:W1,W2,... | ae-v0:M,S,L | ae-v1:M,S,L | ae-dense"
+
+
+def build_model(
+    arch: str,
+    n_inputs: int,
+    n_outputs: int,
+    *,
+    hidden: int = 64,
+    activation: str | None = None,
+    kappa: float | None = 0.95,
+    seed=0,
+    dtype="float32",
+) -> ImplicitModel:
+    """Build a model from a short architecture string (what the CLI's ``--arch`` takes).
+
+    ``dense``
+        El Ghaoui dense implicit model with ``hidden`` neurons, ‖A‖∞ ≤ ``kappa``.
+    ``layered:W1,W2,...``
+        Feedforward layers of these widths (unconstrained A).
+    ``ae-v0:M,S,L`` / ``ae-v1:M,S,L``
+        Szekeres & Izsák autoencoders (M hidden layers, first width S, latent width L):
+        v0 feedforward with leaky ReLU 0.1; v1 adds an all-to-all block (no self-loops,
+        arctan) in the central latent layer, making it implicit.
+    ``ae-dense``
+        Dense implicit autoencoder (outputs = inputs) with ‖A‖∞ ≤ ``kappa``.
+    """
+    kind, _, args = arch.partition(":")
+    try:
+        nums = [int(v) for v in args.split(",")] if args else []
+    except ValueError:
+        raise ValueError(f"bad architecture {arch!r}; expected {ARCHS}") from None
+    if kind in ("dense", "ae-dense"):
+        q = n_inputs if kind == "ae-dense" else n_outputs
+        return dense_model(
+            n_inputs, hidden, q, activation=activation or "relu", kappa=kappa, seed=seed,
+            dtype=dtype, use_D=kind == "dense",
+        )  # fmt: skip
+    if kind == "layered" and nums:
+        return layered_model(
+            [n_inputs, *nums, n_outputs], activation=activation or "leaky_relu:0.1",
+            use_D=True, seed=seed, dtype=dtype,
+        )  # fmt: skip
+    if kind in ("ae-v0", "ae-v1") and len(nums) == 3:
+        widths = autoencoder_widths(n_inputs, *nums)
+        n_hidden_layers = len(widths) - 2
+        implicit = (n_hidden_layers // 2,) if kind == "ae-v1" else ()
+        model = layered_model(
+            widths, activation=activation or "leaky_relu:0.1", implicit_layers=implicit,
+            implicit_activation="arctan", seed=seed, dtype=dtype,
+        )  # fmt: skip
+        model.meta["arch"] = arch
+        return model
+    raise ValueError(f"bad architecture {arch!r}; expected {ARCHS}")

@@ -1,0 +1,69 @@
+"""The data order of a training run: which row-blocks every step consumes.
+
+Everything here is a pure function of the per-chunk row counts, the block size and the seed,
+so the plan is identical on every run, whatever the number of workers, and a resumed run can
+recompute it instead of storing it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Blocks and steps of a run.
+
+    Parameters
+    ----------
+    chunk_counts : tuple of int
+        Eligible rows in every Zarr chunk (0 for chunks with none).
+    block_rows : int
+        Rows per block (per task); a chunk's rows form ``ceil(count / block_rows)`` blocks.
+    blocks_per_step : int
+        Blocks in one step's global batch.
+    seed : int
+    """
+
+    chunk_counts: tuple
+    block_rows: int
+    blocks_per_step: int
+    seed: int
+
+    def __post_init__(self):
+        if self.block_rows < 1 or self.blocks_per_step < 1:
+            raise ValueError("block_rows and blocks_per_step must be ≥ 1")
+        if sum(self.chunk_counts) == 0:
+            raise ValueError("no rows to train on (check the split and --normal-only filters)")
+
+    @property
+    def blocks(self) -> list[tuple[int, int]]:
+        """Every block as ``(chunk, index within chunk)``, in store order."""
+        return [
+            (c, j)
+            for c, n in enumerate(self.chunk_counts)
+            for j in range(math.ceil(n / self.block_rows))
+        ]
+
+    @property
+    def n_rows(self) -> int:
+        return int(sum(self.chunk_counts))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.blocks) / self.blocks_per_step)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The seeded permutation of block indices visited in ``epoch``."""
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks))
+
+    def step_blocks(self, step: int) -> tuple[int, list[tuple[int, int]]]:
+        """``(epoch, blocks)`` of global step ``step`` (0-based)."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        order = self.epoch_order(epoch)
+        sel = order[k * self.blocks_per_step : (k + 1) * self.blocks_per_step]
+        blocks = self.blocks
+        return epoch, [blocks[i] for i in sel]

@@ -1,0 +1,176 @@
+"""Functions that run *on the workers*: load a chunk, compute a block's sums, update weights.
+
+They are pure functions of their arguments, so Dask may run them anywhere and re-run them
+after a worker dies; the trained weights cannot tell the difference (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from dimplicit.backend import get_backend
+from dimplicit.data.store import open_store, standardize
+from dimplicit.model import ImplicitModel
+from dimplicit.optim import apply_update
+from dimplicit.partition import (
+    combine,
+    mean_gradients,
+    partition_sums,
+    summarize_stats,
+    to_host_result,
+)
+
+TASKS = ("classify", "regress", "autoencode")
+SPLITS = {"train": 0, "validation": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which rows of a store a training run reads, and how it turns them into (U, Y).
+
+    Parameters
+    ----------
+    store : str
+        Path of the Zarr store.
+    task : {"classify", "regress", "autoencode"}
+        ``classify``: Y = label codes (cross-entropy); ``regress``: Y = numeric label value;
+        ``autoencode``: Y = U (reconstruction).
+    normal_only : bool
+        Keep only rows whose label is a normal class (anomaly detection trains on these).
+    standardize : bool
+        Apply the store's stored mean/std (computed at ingest) to the features.
+    device, dtype : str
+        Backend of the loaded arrays.
+    """
+
+    store: str
+    task: str = "classify"
+    normal_only: bool = False
+    standardize: bool = True
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+
+
+def eligible_mask(store, labels, split, spec: DataSpec, split_name: str) -> np.ndarray:
+    """Rows of a chunk that belong to ``split_name`` (and are normal, if asked)."""
+    keep = np.asarray(split) == SPLITS[split_name]
+    if spec.normal_only:
+        keep &= store.is_normal(labels)
+    return keep
+
+
+def load_chunk(spec: DataSpec, chunk: int, split_name: str):
+    """Read Zarr chunk ``chunk`` and return ``(U, Y)`` for its eligible rows, on the device.
+
+    Runs on a worker; the result stays in that worker's memory (persisted) and later block
+    tasks take rows from it, so data is read once and never travels.
+    """
+    store = open_store(spec.store)
+    c = store.chunk_rows
+    sl = slice(chunk * c, min((chunk + 1) * c, store.n_rows))
+    labels = store.labels[sl]
+    keep = eligible_mask(store, labels, store.split[sl], spec, split_name)
+    U = np.asarray(store.features[sl], dtype=np.float64 if spec.dtype == "float64" else np.float32)
+    U = U[keep]
+    if not np.isfinite(U).all():
+        bad = sl.start + int(np.flatnonzero(~np.isfinite(U).all(axis=1))[0])
+        raise ValueError(f"{spec.store}: features contain NaN/Inf (first near row {bad})")
+    if spec.standardize:
+        U = standardize(U, store.mean, store.std)
+    labels = labels[keep]
+    if spec.task == "classify":
+        Y = labels.astype(np.int64)
+    elif spec.task == "regress":
+        values = np.asarray([float(v) for v in store.label_classes], dtype=U.dtype)
+        Y = values[labels][:, None]
+    else:
+        Y = None  # autoencode: the target is U itself
+    be = get_backend(spec.device, spec.dtype)
+    Ud = be.asarray(U)
+    Yd = Ud if Y is None else be.asarray(Y, dtype=Y.dtype)
+    return Ud, Yd
+
+
+def block_rows(seed: int, epoch: int, chunk: int, n_rows: int, block: int, rows: int):
+    """Row indices (into a chunk's eligible rows) of block ``block`` in ``epoch``.
+
+    A chunk's rows are permuted afresh every epoch by a generator keyed on
+    ``(seed, epoch, chunk)``, so the blocks regroup rows each epoch and any worker derives
+    the same indices without being sent them.
+    """
+    perm = np.random.default_rng([seed, epoch, chunk]).permutation(n_rows)
+    return perm[block * rows : (block + 1) * rows]
+
+
+def block_sums(params, template, data, config, seed, epoch, chunk, block, rows, device, dtype):
+    """Loss/gradient sums of one block (a task); the result is on the host (it travels)."""
+    t0 = time.perf_counter()
+    U, Y = data
+    idx = block_rows(seed, epoch, chunk, U.shape[0], block, rows)
+    be = get_backend(device, dtype)
+    model = with_params(template, params).astype(be)
+    if device == "gpu":
+        idx = be.xp.asarray(idx)
+    res = to_host_result(partition_sums(model, U[idx], Y[idx], config))
+    # Compute time inside the task, summed by `combine`: the benchmark's overhead measure.
+    res["stats"]["task_seconds"] = time.perf_counter() - t0
+    return res
+
+
+def eval_sums(params, template, data, config, device, dtype):
+    """Loss sums of a whole chunk (validation): forward only, no gradients needed."""
+    from dimplicit.forward import predict
+    from dimplicit.losses import loss_and_grad
+
+    U, Y = data
+    be = get_backend(device, dtype)
+    model = with_params(template, params).astype(be)
+    if U.shape[0] == 0:
+        return {"loss": 0.0, "count": 0, "unconverged": 0}
+    Yhat, _, stats = predict(model, U, config.forward)
+    loss, _ = loss_and_grad(config.loss, Yhat, Y)
+    return {"loss": float(loss), "count": int(U.shape[0]), "unconverged": stats.n_unconverged}
+
+
+def add_eval(a, b):
+    return {k: a[k] + b[k] for k in a}
+
+
+def update(params, state, total, step, optimizer, template):
+    """Optimizer step + projection from reduced sums (a task); returns ``(params, state)``."""
+    grads = mean_gradients(total)
+    return apply_update(optimizer, params, grads, state, step, template.masks, template.kappa)
+
+
+def step_summary(total):
+    """The small per-step record fetched by the client (loss, iterations)."""
+    return {
+        **summarize_stats(total),
+        "count": total["count"],
+        "task_seconds": total["stats"].get("task_seconds", 0.0),
+    }
+
+
+def with_params(template: ImplicitModel, params: dict) -> ImplicitModel:
+    """``template`` (activation, masks, κ) with other weights."""
+    return ImplicitModel(params, template.activation, template.masks, template.kappa, template.meta)
+
+
+__all__ = [
+    "DataSpec",
+    "load_chunk",
+    "block_rows",
+    "block_sums",
+    "eval_sums",
+    "add_eval",
+    "update",
+    "step_summary",
+    "combine",
+]
