@@ -196,5 +196,10 @@ def run(args) -> int:
     trainer.check(store)
     with connect_from_args(args) as client:
         trainer.fit(client)
-    print(json.dumps(trainer.summary_))
+        summary = trainer.summary_
+        if args.task == "autoencode":
+            from dimplicit.anomaly.score import calibrate_model
+
+            summary["calibration"] = calibrate_model(trainer.model_, store, summary.get("model"))
+    print(json.dumps(summary))
     return 0
