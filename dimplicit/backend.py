@@ -18,6 +18,10 @@ DEVICES = ("cpu", "gpu")
 DTYPES = ("float32", "float64")
 
 
+class DeviceUnavailableError(RuntimeError):
+    """``device="gpu"`` was asked for but CuPy or a CUDA device is missing."""
+
+
 @functools.cache
 def _cupy():
     """Import CuPy lazily; ``None`` when it is not installed or no device is usable."""
@@ -63,7 +67,7 @@ class Backend:
             # CuPy reads CUPY_TF32 when it picks a cuBLAS compute type; must precede the GEMMs.
             os.environ["CUPY_TF32"] = "1"
         if self.device == "gpu" and not gpu_available():
-            raise RuntimeError(
+            raise DeviceUnavailableError(
                 "device='gpu' needs CuPy and a CUDA device; install the 'gpu' extra "
                 "(pip install 'dimplicit[gpu]') or use device='cpu'"
             )

@@ -45,11 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dimplicit.backend import DeviceUnavailableError
+    from dimplicit.solvers import NonConvergenceError
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    user_errors = (
+        CLIError, FileNotFoundError, ValueError, OSError, DeviceUnavailableError,
+        NonConvergenceError,
+    )  # fmt: skip
     try:
         return int(args.func(args) or 0)
-    except (CLIError, FileNotFoundError, ValueError, OSError) as exc:
+    except user_errors as exc:
         # Expected user errors: one clear line on stderr, no traceback.
         print(f"dimplicit {args.command}: error: {exc}", file=sys.stderr)
         return 2
