@@ -78,10 +78,14 @@ def load_chunk(spec: DataSpec, chunk: int, split_name: str):
     labels = store.labels[sl]
     keep = eligible_mask(store, labels, store.split[sl], spec, split_name)
     U = np.asarray(store.features[sl], dtype=np.float64 if spec.dtype == "float64" else np.float32)
+    finite = np.isfinite(U).all(axis=1)
+    if not finite.all():
+        bad = sl.start + int(np.flatnonzero(~finite)[0])
+        raise ValueError(
+            f"{spec.store}: features contain NaN/Inf ({int((~finite).sum())} row(s) in chunk "
+            f"{chunk}, first at row {bad}, 0-based); re-ingest with --on-bad-rows skip"
+        )
     U = U[keep]
-    if not np.isfinite(U).all():
-        bad = sl.start + int(np.flatnonzero(~np.isfinite(U).all(axis=1))[0])
-        raise ValueError(f"{spec.store}: features contain NaN/Inf (first near row {bad})")
     if spec.standardize:
         U = standardize(U, store.mean, store.std)
     labels = labels[keep]

@@ -248,7 +248,7 @@ class Trainer:
 
         run = uuid.uuid4().hex[:8]
         spec, cfg, dev, dt = self.data, self.config, self.data.device, self.data.dtype
-        template = client.scatter(self.model, broadcast=True, hash=False)
+        template = _broadcast(client, self.model)
         persist = self._should_persist(client, store)
 
         def chunk_futures(counts, split_name):
@@ -285,8 +285,11 @@ class Trainer:
                 level, depth = nxt, depth + 1
             return level[0]
 
-        params_f = client.scatter(params, broadcast=True, hash=False)
-        state_f = client.scatter(state, broadcast=True, hash=False)
+        params_f, state_f = _broadcast(client, params), _broadcast(client, state)
+        # Every weight future since the last sync stays referenced by the client: scattered
+        # data has no recipe, so if the client let go of it, a worker lost later could not be
+        # rebuilt from it and Dask would cancel the whole step chain.
+        lineage = [params_f, state_f]
 
         log = _MetricsLog(self.metrics_log)
         bar = _progress(self.progress, total_steps, start)
@@ -320,8 +323,8 @@ class Trainer:
             # Gather the weights and broadcast them back: cuts the lineage (see module doc).
             nonlocal params_f, state_f
             p, s = client.gather([params_f, state_f])
-            params_f = client.scatter(p, broadcast=True, hash=False)
-            state_f = client.scatter(s, broadcast=True, hash=False)
+            params_f, state_f = _broadcast(client, p), _broadcast(client, s)
+            lineage[:] = [params_f, state_f]
             return p, s
 
         def checkpoint(step, epoch, p, s):
@@ -375,6 +378,7 @@ class Trainer:
             )
             params_f = client.submit(operator.getitem, out_f, 0, key=f"params-{step}-{run}")
             state_f = client.submit(operator.getitem, out_f, 1, key=f"state-{step}-{run}")
+            lineage += [params_f, state_f]
             pending.append(
                 (
                     step,
@@ -479,6 +483,16 @@ class Trainer:
             "loss": self.config.loss,
             "forward": self.config.forward.to_dict(),
         }
+
+
+def _broadcast(client, obj):
+    """Copy ``obj`` to every worker as ONE future with a fresh unique key.
+
+    ``client.scatter(some_dict)`` would scatter each value under the dict's own keys ("A",
+    "B", ...); a later scatter under the same keys is taken for the same data and silently
+    keeps the old weights.  Wrapping in a list gives one object and a new random key.
+    """
+    return client.scatter([obj], broadcast=True, hash=False)[0]
 
 
 class _MetricsLog:
