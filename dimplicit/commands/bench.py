@@ -52,6 +52,19 @@ def add_parser(sub):
     d.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
     d.set_defaults(func=run_distributed)
 
+    s = bsub.add_parser(
+        "score",
+        help="out-of-core scoring: rows/s and peak memory of client and workers",
+        description="Score N synthetic rows (generated into a temporary store) with an implicit "
+        "autoencoder on local worker processes; report rows/s and peak RSS. Compare --rows "
+        "1000000 with --rows 10000000: memory must not grow.",
+    )
+    s.add_argument("--rows", type=int, default=1_000_000)
+    s.add_argument("--arch", default="ae-v1:5,32,16")
+    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--data", default=None, help="score this store instead of synthetic rows")
+    s.set_defaults(func=run_score)
+
 
 def run_core(args) -> int:
     from dimplicit.bench import bench_core
@@ -90,4 +103,11 @@ def run_distributed(args) -> int:
         workers=[int(w) for w in args.workers.split(",")],
     )
     print(json.dumps(out))
+    return 0
+
+
+def run_score(args) -> int:
+    from dimplicit.anomaly.bench import bench_score
+
+    print(json.dumps(bench_score(args.rows, args.arch, args.workers, args.data)))
     return 0
