@@ -1,0 +1,470 @@
+"""Starting, joining and securing Dask clusters (:mod:`dimplicit.distributed.cluster`).
+
+Everything binds to 127.0.0.1 and stays small (at most 2 workers with 1 thread each): the CI
+machine has 2 shared cores. Tests that start scheduler/worker processes are marked ``slow``
+(they still run by default).
+
+Functions shipped to workers are defined *inside* the tests: cloudpickle then sends them by
+value, whereas module-level functions of this test file would be pickled by reference and the
+worker processes cannot import the test module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import operator
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import threadpoolctl
+
+from dimplicit.distributed import cluster as C
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def blas_threads_on_workers(client) -> set[int]:
+    """Distinct BLAS pool sizes the workers report through threadpoolctl."""
+    infos = client.run(threadpoolctl.threadpool_info)
+    return {
+        lib["num_threads"] for libs in infos.values() for lib in libs if lib["user_api"] == "blas"
+    }
+
+
+def process_tree(pids) -> list[psutil.Process]:
+    procs = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            procs += [proc, *proc.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    return procs
+
+
+def listening_sockets(procs) -> set[tuple[int, str, int]]:
+    """(pid, ip, port) of every listening inet socket of ``procs``."""
+    sockets = set()
+    for proc in procs:
+        try:
+            conns = proc.net_connections(kind="inet")
+        except psutil.NoSuchProcess:
+            continue
+        sockets |= {(proc.pid, *c.laddr) for c in conns if c.status == psutil.CONN_LISTEN}
+    return sockets
+
+
+def listening_addresses(procs) -> set[str]:
+    return {ip for _, ip, _ in listening_sockets(procs)}
+
+
+def gone(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def parse_cluster_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    C.add_cluster_arguments(parser)
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------------------------
+# Embedded local cluster
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_default_connect_starts_local_worker_processes_on_localhost(capsys):
+    # Only sockets opened by this cluster count (other tests may have left some behind).
+    before = listening_sockets(process_tree([os.getpid()]))
+    with C.connect(workers=2) as client:
+        info = C.describe(client)
+        assert info["n_workers"] == 2
+        assert info["threads_per_worker"] == 1
+        assert info["scheduler"].startswith("tcp://127.0.0.1:")
+        assert C.dashboard_link(client) == info["dashboard"]
+        assert client.submit(operator.add, 1, 2).result() == 3
+        # Worker processes, not threads, each with BLAS limited to its one task thread.
+        worker_pids = set(client.run(os.getpid).values())
+        assert len(worker_pids) == 2 and os.getpid() not in worker_pids
+        assert blas_threads_on_workers(client) == {1}
+        # Scheduler (in this process), nannies and workers listen on 127.0.0.1 only.
+        tree = process_tree([os.getpid()])
+        new_sockets = listening_sockets(tree) - before
+        assert len(new_sockets) >= 5  # scheduler + its HTTP port, 2 nannies, 2 workers
+        assert {ip for _, ip, _ in new_sockets} == {"127.0.0.1"}
+    # One summary line on stderr, with the dashboard link.
+    err = capsys.readouterr().err
+    assert "dask: 2 worker(s), 1 thread(s) each" in err and "dashboard http://127.0.0.1:" in err
+    # Leaving the block shuts the cluster down.
+    deadline = time.monotonic() + 10
+    workers = [p for p in tree if p.pid in worker_pids]
+    while not all(gone(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(gone(p) for p in workers)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_worker_blas_threads_follow_threads_per_worker():
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("OpenBLAS caps its pool at the number of cores")
+    # An earlier cluster of this process left OMP_NUM_THREADS=1 etc. in os.environ; the
+    # requested value must still win.
+    with C.connect(workers=1, threads_per_worker=2, quiet=True) as client:
+        assert C.describe(client)["threads_per_worker"] == 2
+        assert blas_threads_on_workers(client) == {2}
+        (address,) = client.nthreads()
+        assert C.set_worker_blas_threads(client, 1) == {address: 1}
+        assert blas_threads_on_workers(client) == {1}
+        assert C.set_worker_blas_threads(client) == {address: 2}  # default: nthreads
+
+
+@pytest.mark.timeout(30)
+def test_threads_mode_limits_blas_in_process_and_restores_it():
+    before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()]
+    args = parse_cluster_args(["--no-processes", "--workers", "2"])
+    with C.connect_from_args(args, quiet=True) as client:
+        info = C.describe(client)
+        assert (info["n_workers"], info["threads_per_worker"]) == (2, 1)
+        assert set(client.run(os.getpid).values()) == {os.getpid()}
+        assert blas_threads_on_workers(client) == {1}
+    assert [lib["num_threads"] for lib in threadpoolctl.threadpool_info()] == before
+
+
+# --------------------------------------------------------------------------------------------
+# Joining an external scheduler
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def external(tmp_path_factory):
+    """Scheduler + 2 nanny-managed workers as separate processes, shared by the join tests."""
+    with C.start_local_processes(2, tmp_path_factory.mktemp("external")) as pc:
+        yield pc
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_join_external_scheduler_by_file_and_by_address(external):
+    assert external.address.startswith("tcp://127.0.0.1:")
+    for options in ({"scheduler_file": external.scheduler_file}, {"scheduler": external.address}):
+        with C.connect(**options, quiet=True) as client:
+            info = C.describe(client)
+            assert info["scheduler"] == external.address
+            assert (info["n_workers"], info["threads_per_worker"]) == (2, 1)
+            assert client.submit(operator.mul, 6, 7).result() == 42
+            assert blas_threads_on_workers(client) == {1}
+    # Leaving the block closes only the client: the scheduler and workers keep running.
+    assert external.scheduler_proc.poll() is None
+    assert all(proc.poll() is None for proc in external.worker_procs)
+    pids = [external.scheduler_proc.pid] + [p.pid for p in external.worker_procs]
+    assert listening_addresses(process_tree(pids)) == {"127.0.0.1"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_computation_survives_killing_a_worker_process(tmp_path):
+    import dask.array as da
+
+    def slow_identity(block):
+        time.sleep(0.3)
+        return block
+
+    with C.start_local_processes(2, tmp_path) as pc:
+        tree = process_tree([pc.scheduler_proc.pid] + [p.pid for p in pc.worker_procs])
+        with C.connect(scheduler_file=pc.scheduler_file, quiet=True) as client:
+            x = da.arange(8000, chunks=1000).map_blocks(slow_identity, dtype=np.int64)
+            future = client.compute(x.sum())
+            # Kill worker 0 (nanny and worker process) once both workers are busy.
+            deadline = time.monotonic() + 10
+            while len([k for k, v in client.processing().items() if v]) < 2:
+                assert time.monotonic() < deadline, "workers never got tasks"
+                time.sleep(0.05)
+            time.sleep(0.2)
+            pc.kill_worker(0)
+            assert future.result(timeout=30) == np.arange(8000).sum()
+            assert len(client.nthreads()) == 1
+    # Teardown leaves no scheduler, nanny or worker process behind.
+    assert all(gone(p) for p in tree)
+
+
+@pytest.mark.timeout(20)
+def test_unreachable_scheduler_fails_fast_with_one_line():
+    start = time.monotonic()
+    with pytest.raises(ConnectionError) as err:
+        with C.connect(scheduler="tcp://127.0.0.1:1", timeout=5):
+            pass
+    assert time.monotonic() - start < 8
+    assert str(err.value) == "cannot reach Dask scheduler at tcp://127.0.0.1:1 within 5 s"
+    assert err.value.__suppress_context__  # raised "from None": no chained traceback
+
+
+@pytest.mark.timeout(10)
+def test_missing_scheduler_file_names_the_path(tmp_path):
+    path = tmp_path / "nowhere" / "scheduler.json"
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError, match=str(path)):
+        with C.connect(scheduler_file=path):
+            pass
+    assert time.monotonic() - start < 2
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(ValueError, match="not a Dask scheduler file"):
+        with C.connect(scheduler_file=bad):
+            pass
+
+
+# --------------------------------------------------------------------------------------------
+# Option validation and CLI flags
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("options", "names"),
+    [
+        ({"scheduler": "tcp://127.0.0.1:1", "scheduler_file": "s.json"}, ["scheduler_file"]),
+        ({"scheduler": "tcp://127.0.0.1:1", "workers": 2}, ["scheduler", "workers"]),
+        ({"scheduler_file": "s.json", "threads_per_worker": 2}, ["threads_per_worker"]),
+        ({"scheduler": "tcp://127.0.0.1:1", "gpus": 1}, ["scheduler", "gpus"]),
+        ({"scheduler_file": "s.json", "processes": False}, ["--no-processes"]),
+        ({"gpus": "all", "workers": 2}, ["gpus", "workers"]),
+        ({"gpus": 1, "processes": False}, ["gpus", "--no-processes"]),
+    ],
+)
+def test_mutually_exclusive_options_are_rejected(options, names):
+    with pytest.raises(ValueError, match="mutually exclusive") as err:
+        with C.connect(**options):
+            pass
+    for name in names:
+        assert name in str(err.value)
+
+
+@pytest.mark.timeout(10)
+def test_invalid_values_and_scheme_mismatch_are_rejected(tmp_path):
+    for options in ({"workers": 0}, {"threads_per_worker": -1}, {"gpus": 0}, {"timeout": 0}):
+        with pytest.raises(ValueError):
+            with C.connect(**options):
+                pass
+    with pytest.raises(ValueError, match="uses TLS"):
+        with C.connect(scheduler="tls://127.0.0.1:1"):
+            pass
+    tls = C.TLSConfig(tmp_path / "ca.pem", tmp_path / "c.pem", tmp_path / "k.pem")
+    with pytest.raises(ValueError, match="not a tls:// address"):
+        with C.connect(scheduler="tcp://127.0.0.1:1", tls=tls):
+            pass
+    with pytest.raises(FileNotFoundError, match="ca.pem"):
+        with C.connect(scheduler="tls://127.0.0.1:1", tls=tls):
+            pass
+
+
+@pytest.mark.timeout(10)
+def test_cluster_flags_parse_into_connect_options(tmp_path):
+    args = parse_cluster_args(
+        ["--workers", "2", "--threads-per-worker", "1", "--gpus", "all", "--connect-timeout", "3"]
+    )
+    assert (args.workers, args.threads_per_worker, args.gpus, args.processes) == (2, 1, "all", True)
+    assert args.connect_timeout == 3.0
+    with pytest.raises(ValueError, match="gpus.*workers"):
+        with C.connect_from_args(args):
+            pass
+    with pytest.raises(SystemExit):
+        parse_cluster_args(["--gpus", "0"])
+    # TLS flags come as a set of three.
+    with pytest.raises(ValueError, match="missing --tls-key"):
+        C.connect_from_args(parse_cluster_args(["--tls-ca-file", "a", "--tls-cert", "b"]))
+    args = parse_cluster_args(
+        ["--scheduler", "tls://127.0.0.1:1", "--tls-ca-file", "a", "--tls-cert", "b",
+         "--tls-key", "c"]
+    )  # fmt: skip
+    assert C.tls_from_args(args) == C.TLSConfig("a", "b", "c")
+    # The CLI's error path prints str(exc): one line.
+    args = parse_cluster_args(["--scheduler", "tcp://127.0.0.1:1", "--connect-timeout", "1"])
+    with pytest.raises(ConnectionError, match=r"^cannot reach .* within 1 s$"):
+        with C.connect_from_args(args):
+            pass
+
+
+@pytest.mark.timeout(10)
+def test_gpus_without_dask_cuda_or_gpu_is_a_clear_error():
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        expected = "pip install dask-cuda"
+    else:
+        if C._count_visible_gpus() > 0:
+            pytest.skip("dask-cuda and a GPU are present: see test_gpu_cluster")
+        expected = "no GPU visible"
+    with pytest.raises(RuntimeError, match=expected):
+        with C.connect(gpus=1):
+            pass
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_gpu_cluster():
+    pytest.importorskip("dask_cuda")
+    if C._count_visible_gpus() == 0:
+        pytest.skip("no GPU visible")
+    with C.connect(gpus=1, quiet=True) as client:
+        assert C.describe(client)["n_workers"] == 1
+        assert client.submit(operator.add, 1, 2).result() == 3
+
+
+# --------------------------------------------------------------------------------------------
+# TLS
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    pytest.importorskip("cryptography")
+    return C.make_test_certificates(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="module")
+def foreign_certs(tmp_path_factory):
+    """Certificates from another, unrelated CA."""
+    pytest.importorskip("cryptography")
+    return C.make_test_certificates(tmp_path_factory.mktemp("foreign"))
+
+
+@pytest.mark.timeout(10)
+def test_test_certificates_chain_to_their_ca(certs):
+    for pair in (certs.server, certs.client):
+        assert (os.stat(pair.key_file).st_mode & 0o777) == 0o600
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(certs.ca_file))
+        ctx.load_cert_chain(str(pair.cert_file), str(pair.key_file))  # key matches cert
+    if shutil.which("openssl"):
+        result = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(certs.ca_file),
+             str(certs.server.cert_file), str(certs.client.cert_file)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_local_cluster_with_tls(certs):
+    # The embedded cluster uses the given credentials for every role, the client included.
+    with C.connect(workers=1, tls=certs.server, quiet=True) as client:
+        assert C.describe(client)["scheduler"].startswith("tls://127.0.0.1:")
+        assert client.submit(operator.add, 1, 2).result() == 3
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_tls_cluster_accepts_only_clients_with_certificates_from_its_ca(
+    tmp_path, certs, foreign_certs
+):
+    with C.start_local_processes(2, tmp_path, tls=certs.server, nanny=False) as pc:
+        assert pc.address.startswith("tls://127.0.0.1:")
+        # A client with a certificate from the cluster's CA computes (workers exchange data
+        # over TLS too: the sum needs chunks from both workers).
+        import dask.array as da
+
+        with C.connect(scheduler_file=pc.scheduler_file, tls=certs.client, quiet=True) as client:
+            assert len(client.nthreads()) == 2
+            x = da.arange(1000, chunks=100)
+            assert client.compute(x.sum()).result() == np.arange(1000).sum()
+
+        # Refusals are immediate, not timeouts, and one line each.
+        host, port = pc.address.removeprefix("tls://").rsplit(":", 1)
+        refused = [
+            # trusts the scheduler, but its own certificate comes from another CA
+            C.TLSConfig(certs.ca_file, foreign_certs.client.cert_file,
+                        foreign_certs.client.key_file),
+            # everything from another CA
+            foreign_certs.client,
+        ]  # fmt: skip
+        for tls in refused:
+            start = time.monotonic()
+            with pytest.raises(ConnectionError, match="same CA") as err:
+                with C.connect(scheduler=pc.address, tls=tls, timeout=5, quiet=True):
+                    pass
+            assert time.monotonic() - start < 6
+            assert "\n" not in str(err.value)
+        # Plain TCP to the TLS port.
+        with pytest.raises(ConnectionError):
+            with C.connect(scheduler=f"tcp://{host}:{port}", timeout=3, quiet=True):
+                pass
+
+        # A TLS client with no certificate at all (distributed's own Client refuses to even
+        # try, so speak TLS directly): the scheduler aborts the handshake.
+        ctx = ssl.create_default_context(cafile=str(certs.ca_file))
+        ctx.check_hostname = False
+        with socket.create_connection((host, int(port)), timeout=5) as raw:
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                with ctx.wrap_socket(raw) as tls_sock:
+                    tls_sock.sendall(b"\x00" * 16)
+                    # An accepted client would wait here for the scheduler's reply
+                    # (socket.timeout, not an SSLError): the alert arrives first.
+                    if tls_sock.recv(16) == b"":
+                        raise ConnectionError("closed by the scheduler")
+
+
+# --------------------------------------------------------------------------------------------
+# Shell recipes
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(15)
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_make_certs_script(tmp_path):
+    subprocess.run(
+        ["bash", str(ROOT / "cluster/tls/make_certs.sh"), str(tmp_path)],
+        check=True, capture_output=True, timeout=15,
+    )  # fmt: skip
+    for name in ("ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem"):
+        assert (tmp_path / name).is_file()
+    assert (os.stat(tmp_path / "client-key.pem").st_mode & 0o077) == 0
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    ctx.load_cert_chain(str(tmp_path / "client.pem"), str(tmp_path / "client-key.pem"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_local_start_and_stop_scripts(tmp_path):
+    env = {
+        **os.environ,
+        # The scripts find `dask` and `python` on PATH: use this interpreter's.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "START_TIMEOUT": "40",
+    }
+    run_dir = tmp_path / "run"
+    started = subprocess.run(
+        ["bash", str(ROOT / "cluster/local/start.sh"), "1", str(run_dir)],
+        env=env, capture_output=True, text=True, timeout=50, check=False,
+    )  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stderr
+        assert started.stdout.strip() == str(run_dir / "scheduler.json")
+        with C.connect(scheduler_file=started.stdout.strip(), quiet=True) as client:
+            assert client.submit(operator.add, 2, 3).result() == 5
+        pids = [int((run_dir / f).read_text()) for f in ("scheduler.pid", "worker-0.pid")]
+        tree = process_tree(pids)
+        assert tree and listening_addresses(tree) == {"127.0.0.1"}
+    finally:
+        stopped = subprocess.run(
+            ["bash", str(ROOT / "cluster/local/stop.sh"), str(run_dir)],
+            env=env, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    assert stopped.returncode == 0, stopped.stderr
+    assert all(gone(p) for p in tree)
+    assert not (run_dir / "scheduler.pid").exists()
