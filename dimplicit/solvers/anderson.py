@@ -99,17 +99,7 @@ def anderson(
         if damping != 1.0:
             # Σ α x_j = Σ α (f_j − g_j): no need to store past iterates.
             x -= (1 - damping) * xp.einsum("bm,mbn->bn", a, G[:h])
-    n_bad = int((r >= tol).sum())
-    stats = SolveStats(
-        iterations=k,
-        residual_max=float(r.max()),
-        residual_mean=float(r.mean()),
-        converged=n_bad == 0,
-        n_unconverged=n_bad,
-        tol=tol,
-        fallbacks=fallbacks,
-    )
-    return x, finish(stats, on_failure, what)
+    return x, finish(SolveStats.from_residuals(k, r, tol, fallbacks), on_failure, what)
 
 
 def _mixing_coefficients(gram, lam, xp):

@@ -44,13 +44,4 @@ def picard(f_, x0, *, tol=1e-4, max_iter=300, check_every=4, on_failure="flag", 
             r = relative_residual(x, y, xp, scratch=y)  # y is dead after this: reuse it
             if float(r.max()) < tol:
                 break
-    n_bad = int((r >= tol).sum())
-    stats = SolveStats(
-        iterations=k,
-        residual_max=float(r.max()),
-        residual_mean=float(r.mean()),
-        converged=n_bad == 0,
-        n_unconverged=n_bad,
-        tol=tol,
-    )
-    return x, finish(stats, on_failure, what)
+    return x, finish(SolveStats.from_residuals(k, r, tol), on_failure, what)

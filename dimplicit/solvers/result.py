@@ -48,6 +48,20 @@ class SolveStats:
     tol: float
     fallbacks: int = 0
 
+    @classmethod
+    def from_residuals(cls, iterations, r, tol, fallbacks=0) -> SolveStats:
+        """Stats from the last per-sample residuals ``r`` (an array on any device)."""
+        n_bad = int((r >= tol).sum())
+        return cls(
+            iterations=iterations,
+            residual_max=float(r.max()),
+            residual_mean=float(r.mean()),
+            converged=n_bad == 0,
+            n_unconverged=n_bad,
+            tol=tol,
+            fallbacks=fallbacks,
+        )
+
     def to_dict(self) -> dict:
         return asdict(self)
 
