@@ -23,7 +23,7 @@ def add_parser(sub):
     p.add_argument("--arch", default="ae-v1:5,32,16", help="model (default ae-v1:5,32,16)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
     p.add_argument("--workers", type=int, default=2, help="local Dask workers (default 2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of data, weights and order")
     p.set_defaults(func=run)
 
 
