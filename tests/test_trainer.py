@@ -221,6 +221,19 @@ def test_cli_bad_input_is_one_clear_line(teacher_store, tmp_path, capsys, args, 
     assert not (tmp_path / "c").exists()  # nothing written
 
 
+def test_regress_needs_numeric_labels(make_store):
+    from dimplicit.data.store import open_store
+
+    path = make_store("r.zarr", n=300, chunk=100)
+    t = Trainer(dense_model(6, 8, 1, seed=0), DataSpec(str(path), "regress"))
+    t.check(open_store(path))  # labels "0", "1", "2" are numbers: fine
+    import zarr
+
+    zarr.open_group(path, mode="r+").attrs["label_classes"] = ["normal", "dos", "probe"]
+    with pytest.raises(ValueError, match="numeric labels"):
+        t.check(open_store(path))
+
+
 def test_cli_existing_checkpoint_of_another_run(make_store, tmp_path, capsys):
     other = make_store("p4.zarr", n=500, p=4, chunk=250)
     ck = tmp_path / "c"

@@ -153,6 +153,14 @@ class Trainer:
                 f"{store.path} has {len(store.label_classes)} label classes but the model has "
                 f"{m.n_outputs} outputs"
             )
+        if task == "regress":
+            try:
+                [float(c) for c in store.label_classes]
+            except ValueError:
+                raise ValueError(
+                    f"{store.path}: --task regress needs numeric labels, found classes like "
+                    f"{store.label_classes[:3]}"
+                ) from None
         want_loss = {"classify": "cross_entropy", "autoencode": "mse"}.get(task)
         if (
             want_loss
