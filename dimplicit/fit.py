@@ -28,6 +28,7 @@ def fit(
     seed: int = 0,
     backend=None,
     callback=None,
+    epoch_callback=None,
 ):
     """Train ``model`` on ``(U, Y)`` in this process.
 
@@ -46,6 +47,10 @@ def fit(
         Device and dtype (default: CPU, the model's dtype).
     callback : callable, optional
         Called as ``callback(record)`` after every step with the step's statistics.
+    epoch_callback : callable, optional
+        Called as ``epoch_callback(epoch, model)`` after every epoch with a host copy of the
+        current model (0-based ``epoch``), e.g. to score a validation set and keep the best
+        epoch's weights.  If it returns True, training stops after this epoch.
 
     Returns
     -------
@@ -89,6 +94,15 @@ def fit(
             if callback is not None:
                 callback(rec)
             step += 1
+        if epoch_callback is not None and epoch_callback(epoch, _host_model(model, dev)):
+            break
+    return _host_model(model, dev), history
+
+
+def _host_model(model, dev):
+    """A copy of ``model`` holding ``dev``'s current weights on the host."""
     out = model.copy()
-    out.params = {k: to_host(v) for k, v in dev.params.items()}
-    return out, history
+    # Copies, so that a caller keeping an epoch's model is unaffected by later steps even
+    # where to_host returns the device array itself (NumPy backend).
+    out.params = {k: np.array(to_host(v)) for k, v in dev.params.items()}
+    return out
