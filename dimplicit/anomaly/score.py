@@ -67,14 +67,20 @@ def _options(model) -> SolverOptions:
     return SolverOptions(**fwd) if fwd else SolverOptions()
 
 
+def _raw_scores(features, model, options):
+    """Lazy per-row raw scores of a dask feature array, one task per chunk."""
+    # The model goes in once as a delayed object, not copied into every task.
+    return features.map_blocks(
+        raw_scores_block, dask.delayed(model), options, drop_axis=1, dtype=np.float32
+    )
+
+
 def calibrate_on_store(model, store_path, split: str = "validation", client=None) -> Calibration:
     """Calibrate the z-score and the F1-optimal threshold on a store's validation rows."""
     store = open_store(store_path)
     code = {"train": 0, "validation": 1, "test": 2}[split]
     arrays = as_dask(store)
-    raw = arrays.features.map_blocks(
-        raw_scores_block, dask.delayed(model), _options(model), drop_axis=1, dtype=np.float32
-    )
+    raw = _raw_scores(arrays.features, model, _options(model))
     keep = arrays.split == code
     r, labels, k = dask.compute(raw, arrays.labels, keep)
     r, labels = r[k], labels[k]
@@ -151,9 +157,7 @@ def score_store(
     opts = options or _options(model)
     t0 = time.perf_counter()
     arrays = as_dask(store)
-    raw = arrays.features.map_blocks(
-        raw_scores_block, dask.delayed(model), opts, drop_axis=1, dtype=np.float32
-    )
+    raw = _raw_scores(arrays.features, model, opts)
     if calibration is not None:
         z = ((raw - calibration.mean) / (calibration.std or 1.0)).astype(np.float32)
         flag = z > calibration.threshold
