@@ -151,6 +151,14 @@ class Activation:
             out[:, cols] = derivative(x[:, cols], name)
         return out
 
+    def sub(self, start: int, stop: int) -> Activation:
+        """φ of neurons ``start:stop`` only (cached: the layer-by-layer solves reuse it)."""
+        cache = self.__dict__.setdefault("_sub", {})
+        if (start, stop) not in cache:
+            spec = self.spec if isinstance(self.spec, str) else self.spec[start:stop]
+            cache[(start, stop)] = Activation(spec, stop - start)
+        return cache[(start, stop)]
+
     def to_list(self, n: int) -> list[str]:
         """One name per neuron (for saving)."""
         if isinstance(self.spec, str):

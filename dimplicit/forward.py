@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dimplicit.backend import array_module
-from dimplicit.solvers import SolverOptions, solve
+from dimplicit.solvers import SolverOptions, SolveStats, solve
 
 
 def equilibrium(model, U, options: SolverOptions = SolverOptions(), X0=None):
@@ -25,13 +25,16 @@ def equilibrium(model, U, options: SolverOptions = SolverOptions(), X0=None):
     """
     xp = array_module(U)
     P = model.params
-    At = P["A"].T  # a transposed view: BLAS reads it with a transpose flag, no copy
-    Uproj = U @ P["B"].T  # computed once per solve (DESIGN §2)
+    S = model.structure  # block-sparse products for layered models (dimplicit.structure)
+    A = P["A"]
+    Uproj = S.B.matmul_t(U, P["B"])  # computed once per solve (DESIGN §2)
     Uproj += P["b_x"]
     act = model.activation
+    if options.layerwise and S.layer_order:
+        return _layer_sweep(model, Uproj, options, X0)
 
     def f_(x, out):
-        xp.matmul(x, At, out=out)
+        S.A.matmul_t(x, A, out=out)
         out += Uproj
         return act.apply_(out)
 
@@ -39,11 +42,45 @@ def equilibrium(model, U, options: SolverOptions = SolverOptions(), X0=None):
     return solve(f_, x0, options, what="forward fixed-point solve")
 
 
+def _layer_sweep(model, Z, options, X0):
+    """Solve a block lower-triangular equilibrium layer by layer (forward substitution).
+
+    Layer ``g`` reads only earlier layers (final once computed) and itself: ``x_g = φ(z_g)``
+    for a feedforward layer, an inner fixed-point solve on the layer alone for an implicit one.
+    ``Z`` (the input projection) is overwritten by ``X``.
+    """
+    xp = array_module(Z)
+    S, A, act = model.structure, model.params["A"], model.activation
+    parts = []
+    for g0, g1 in S.groups:
+        z = Z[:, g0:g1]
+        for _, _, c0, c1 in S.reads(g0):
+            z += Z[:, c0:c1] @ A[g0:g1, c0:c1].T  # earlier layers: already X
+        phi = act.sub(g0, g1)
+        if not S.has_self_block(g0):
+            phi.apply_(z)
+            continue
+        zg, Agt = xp.ascontiguousarray(z), A[g0:g1, g0:g1].T
+
+        def f_(x, out, zg=zg, Agt=Agt, phi=phi):
+            xp.matmul(x, Agt, out=out)
+            out += zg
+            return phi.apply_(out)
+
+        x0 = xp.zeros_like(zg) if X0 is None else xp.ascontiguousarray(X0[:, g0:g1])
+        x, st = solve(f_, x0, options, what=f"forward solve of hidden layer {g0}:{g1}")
+        Z[:, g0:g1] = x
+        parts.append(st)
+    return Z, SolveStats.merge(parts, options.tol, Z.shape[0])
+
+
 def output(model, X, U):
     """``Ŷ = X Cᵀ + U Dᵀ + b_y``."""
     P = model.params
-    Y = X @ P["C"].T
-    Y += U @ P["D"].T
+    S = model.structure
+    Y = S.C.matmul_t(X, P["C"])
+    if not S.D.empty:
+        Y += S.D.matmul_t(U, P["D"])
     Y += P["b_y"]
     return Y
 

@@ -62,17 +62,19 @@ def adjoint(model, X, G_X, options: BackwardOptions = BackwardOptions()):
 
     ``stats.iterations`` counts GEMMs with ``A`` (0 for jfb).
     """
-    xp = array_module(X)
     A = model.params["A"]
+    SA = model.structure.A
     S = model.activation.derivative(X)
     h = S * G_X
     so = options.solver
     if options.method == "jfb":
         return h, _exact_stats(0, so.tol)
+    if options.method == "implicit" and so.layerwise and model.structure.layer_order:
+        return _layer_sweep(model, S, G_X, so)
     if options.method == "implicit":
 
         def f_(v, out):
-            xp.matmul(v, A, out=out)
+            SA.matmul(v, A, out=out)
             out += G_X
             out *= S
             return out
@@ -80,12 +82,13 @@ def adjoint(model, X, G_X, options: BackwardOptions = BackwardOptions()):
         return solve(f_, h, so, what="adjoint (implicit) fixed-point solve")
 
     # Neumann series, truncated (phantom) or summed to tolerance (neumann).
+    xp = array_module(X)
     V = h.copy()
     tmp = xp.empty_like(h)
     limit = options.k if options.method == "phantom" else so.max_iter
     k, ratio = 0, 0.0
     while k < limit:
-        xp.matmul(h, A, out=tmp)
+        SA.matmul(h, A, out=tmp)
         tmp *= S
         h, tmp = tmp, h
         V += h
@@ -103,17 +106,50 @@ def adjoint(model, X, G_X, options: BackwardOptions = BackwardOptions()):
     return V, finish(stats, so.on_failure, "adjoint (neumann) series")
 
 
+def _layer_sweep(model, S, G_X, so):
+    """The implicit adjoint of a block lower-triangular ``A``, layer by layer, last layer first.
+
+    ``v_g = S_g ⊙ (G_g + Σ_{later h} v_h A_hg + v_g A_gg)``: later layers are final when layer
+    ``g`` is reached, so only layers with an intra-layer block need an inner solve.
+    """
+    xp = array_module(G_X)
+    st, A = model.structure, model.params["A"]
+    V = S * G_X  # each layer's S_g ⊙ G_g; completed layer by layer below
+    parts = []
+    for g0, g1 in reversed(st.groups):
+        h = G_X[:, g0:g1].copy()
+        for r0, r1, _, _ in st.read_by(g0):
+            h += V[:, r0:r1] @ A[r0:r1, g0:g1]
+        Sg = S[:, g0:g1]
+        if not st.has_self_block(g0):
+            V[:, g0:g1] = Sg * h
+            continue
+        Agg = A[g0:g1, g0:g1]
+
+        def f_(v, out, h=h, Sg=Sg, Agg=Agg):
+            xp.matmul(v, Agg, out=out)
+            out += h
+            out *= Sg
+            return out
+
+        v, stats = solve(f_, Sg * h, so, what=f"adjoint solve of hidden layer {g0}:{g1}")
+        V[:, g0:g1] = v
+        parts.append(stats)
+    return V, SolveStats.merge(parts, so.tol, V.shape[0])
+
+
 def _exact_stats(k, tol):
     return SolveStats(k, 0.0, 0.0, True, 0, tol)
 
 
 def parameter_gradients(model, V, X, U, G_Y, want_input_grad=False):
     """Gradient sums of every parameter (masked), and optionally ``∂L/∂U``."""
+    S = model.structure
     g = {
-        "A": V.T @ X,
-        "B": V.T @ U,
-        "C": G_Y.T @ X,
-        "D": G_Y.T @ U,
+        "A": S.A.outer(V, X),
+        "B": S.B.outer(V, U),
+        "C": S.C.outer(G_Y, X),
+        "D": S.D.outer(G_Y, U),
         "b_x": V.sum(axis=0),
         "b_y": G_Y.sum(axis=0),
     }
@@ -121,5 +157,7 @@ def parameter_gradients(model, V, X, U, G_Y, want_input_grad=False):
         g[k] *= m
     if want_input_grad:
         P = model.params
-        g["U"] = V @ P["B"] + G_Y @ P["D"]
+        g["U"] = S.B.matmul(V, P["B"])
+        if not S.D.empty:
+            g["U"] += S.D.matmul(G_Y, P["D"])
     return g

@@ -15,12 +15,14 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from dimplicit.activations import Activation
 from dimplicit.backend import to_host
+from dimplicit.structure import BlockStructure
 
 # Fixed order: also the order hashed by :func:`weights_sha256`.
 PARAM_NAMES = ("A", "B", "C", "D", "b_x", "b_y")
@@ -64,6 +66,15 @@ class ImplicitModel:
         for k, m in self.masks.items():
             if k not in MATRICES or tuple(m.shape) != want[k]:
                 raise ValueError(f"mask {k!r} must have the shape of {k} {want.get(k)}")
+        # Masked entries are structural zeros: the block-sparse products skip them.
+        self.params = dict(self.params)
+        for k, m in self.masks.items():
+            self.params[k] = self.params[k] * m
+
+    @cached_property
+    def structure(self) -> BlockStructure:
+        """Which blocks of the weight matrices can be non-zero (computed once, from the masks)."""
+        return BlockStructure.of(self)
 
     @property
     def n_hidden(self) -> int:

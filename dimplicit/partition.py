@@ -58,7 +58,7 @@ def partition_sums(model, U, Y, config: StepConfig = StepConfig(), *, want_input
     X, fstats = equilibrium(model, U, config.forward)
     Yhat = output(model, X, U)
     loss, G_Y = loss_and_grad(config.loss, Yhat, Y)
-    G_X = G_Y @ model.params["C"]
+    G_X = model.structure.C.matmul(G_Y, model.params["C"])
     V, bstats = adjoint(model, X, G_X, config.backward)
     grads = parameter_gradients(model, V, X, U, G_Y, want_input_grad)
     return {

@@ -55,8 +55,8 @@ def raw_scores_block(U, model, options: SolverOptions):
     if not stats.converged:
         # Rows whose solve did not converge get an infinite score: flagged and counted, never
         # silently normal.  One more application of the map gives each row's own residual.
-        P = model.params
-        fx = model.activation.apply_(X @ P["A"].T + U @ P["B"].T + P["b_x"])
+        P, S = model.params, model.structure
+        fx = model.activation.apply_(S.A.matmul_t(X, P["A"]) + S.B.matmul_t(U, P["B"]) + P["b_x"])
         r = relative_residual(fx, X, np)
         s = np.where(r < options.tol, s, np.inf)
     return s.astype(np.float32)

@@ -65,8 +65,12 @@ def add_model_arguments(parser):
         default="implicit",
         help="gradient: implicit, neumann, jfb, phantom-K (default implicit)",
     )
-    g.add_argument("--dtype", choices=["float32", "float64"], default="float32",
-                   help="floating type of weights and computations (float64 for checks)")
+    g.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default="float32",
+        help="floating type of weights and computations (float64 for checks)",
+    )
     g.add_argument(
         "--device",
         choices=["cpu", "gpu"],

@@ -96,8 +96,12 @@ def add_parser(sub):
         help="keep chunks in worker memory (auto: if they fit) or stream from Zarr",
     )
     o = p.add_argument_group("optimizer")
-    o.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
-                   help="Adam or SGD (with --momentum / --nesterov); default adam")
+    o.add_argument(
+        "--optimizer",
+        choices=["adam", "sgd"],
+        default="adam",
+        help="Adam or SGD (with --momentum / --nesterov); default adam",
+    )
     o.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
     o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     o.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")

@@ -62,6 +62,27 @@ class SolveStats:
             fallbacks=fallbacks,
         )
 
+    @classmethod
+    def merge(cls, parts, tol, batch: int) -> SolveStats:
+        """Stats of a layer-by-layer solve from those of its implicit blocks.
+
+        Iterations add up (at least 1: a purely feedforward sweep is one pass); residuals are
+        the worst block's; unconverged rows add up, capped at the batch (an upper bound when
+        several blocks fail).
+        """
+        if not parts:
+            return cls(1, 0.0, 0.0, True, 0, tol)
+        bad = min(batch, sum(p.n_unconverged for p in parts))
+        return cls(
+            iterations=max(1, sum(p.iterations for p in parts)),
+            residual_max=max(p.residual_max for p in parts),
+            residual_mean=max(p.residual_mean for p in parts),
+            converged=bad == 0,
+            n_unconverged=bad,
+            tol=tol,
+            fallbacks=sum(p.fallbacks for p in parts),
+        )
+
     def to_dict(self) -> dict:
         return asdict(self)
 
