@@ -81,21 +81,16 @@ class ModelSpec:
         Architecture string for :func:`dimplicit.model.build_model`.
     label : str
         The paper's notation, for the report.
-    depth : int or None
-        Number of hidden layers of a feedforward (v0) model, else None.  With strictly block
-        lower-triangular ``A`` (nilpotent of index ``depth``), ``depth`` Picard iterations and
-        the first ``depth`` Neumann terms are *exact*, which the recipes exploit.
     """
 
     arch: str
     label: str
-    depth: int | None = None
 
 
 MODELS = {
-    "v0-5-32-16": ModelSpec("ae-v0:5,32,16", "(5;32;16)-v0", depth=5),
+    "v0-5-32-16": ModelSpec("ae-v0:5,32,16", "(5;32;16)-v0"),
     "v1-5-32-16": ModelSpec("ae-v1:5,32,16", "(5;32;16)-v1"),
-    "v0-7-64-16": ModelSpec("ae-v0:7,64,16", "(7;64;16)-v0", depth=7),
+    "v0-7-64-16": ModelSpec("ae-v0:7,64,16", "(7;64;16)-v0"),
     "v1-7-64-16": ModelSpec("ae-v1:7,64,16", "(7;64;16)-v1"),
     "dense-ae": ModelSpec("ae-dense", "dense implicit AE"),
 }
@@ -146,23 +141,17 @@ class Recipe:
         return SolverOptions("picard", tol=min(self.tol, SCORE_TOL), check_every=self.check_every)
 
 
-def _feedforward(recipe: Recipe, depth: int) -> Recipe:
-    # depth iterations are exact; test at depth + 1 so the solver also *reports* convergence
-    # (residual exactly 0).  phantom-(depth-1) sums every non-zero Neumann term: exact backprop
-    # at half the GEMMs of an implicit solve that runs to the next convergence check.
-    return replace(recipe, check_every=depth + 1, backward=f"phantom-{depth - 1}")
-
-
 def recipe_for(dataset: str, name: str) -> Recipe:
     """The training recipe of model ``name`` on ``dataset`` (see docs/results.md for why)."""
-    spec = MODELS[name]
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {list(MODELS)}")
     if dataset == "nsl-kdd":
         # Validation AUC kept rising with epochs on NSL-KDD, so the last epoch is kept.
         epochs = {
             "v0-5-32-16": 10,
             "v1-5-32-16": 15,
-            "v0-7-64-16": 5,
-            "v1-7-64-16": 8,
+            "v0-7-64-16": 15,
+            "v1-7-64-16": 40,
             "dense-ae": 20,
         }[name]
         r = Recipe(epochs=epochs, batch_size=256, lr=3e-3)
@@ -175,8 +164,6 @@ def recipe_for(dataset: str, name: str) -> Recipe:
         r = Recipe(epochs=10, batch_size=256, lr=1e-3, select_best_epoch=True)
         if name == "dense-ae":
             r = replace(r, hidden=64, tol=1e-3)
-    if spec.depth is not None:
-        r = _feedforward(r, spec.depth)
     return r
 
 
@@ -290,6 +277,20 @@ def load_dataset(name: str, data_dir: Path, workdir: Path, max_train_rows=None) 
 # --------------------------------------------------------------------------------------
 
 
+def oracle_f1(y, scores, min_recall=0.0) -> float:
+    """The best F1 of any threshold on these labels with recall ≥ ``min_recall``.
+
+    A diagnostic upper bound computed on the *test* labels: it tells whether a detector's
+    ranking could meet a target at all, whatever the threshold rule.  Never used to choose.
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    p, r, _ = precision_recall_curve(y, scores)
+    f = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-300), 0.0)
+    ok = r >= min_recall
+    return float(f[ok].max()) if ok.any() else 0.0
+
+
 def _auc(y, scores) -> float:
     from sklearn.metrics import roc_auc_score
 
@@ -351,6 +352,8 @@ def run_one(data: Data, name: str, recipe: Recipe, seed: int, threads: int = 2) 
         "mcc": test["mcc"],
         "roc_auc": test["roc_auc"],
         "val_f1": cal.val_f1,
+        "oracle_f1": oracle_f1(data.test_y, z),
+        "oracle_f1_r90": oracle_f1(data.test_y, z, 0.90),
         "val_auc": cal.val_auc,
         "threshold": cal.threshold,
         "train_s": train_s,
@@ -388,7 +391,10 @@ def t975(df: int) -> float:
         return _T975[max(k for k in _T975 if k <= df)] if df < 1000 else 1.960
 
 
-METRICS = ("f1", "recall", "precision", "accuracy", "mcc", "roc_auc", "val_f1", "val_auc")
+METRICS = (
+    "f1", "recall", "precision", "accuracy", "mcc", "roc_auc", "val_f1", "val_auc",
+    "oracle_f1", "oracle_f1_r90",
+)  # fmt: skip
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -557,9 +563,10 @@ def write_report(path: Path, result: dict) -> None:
         "",
         "Adam (β = 0.9, 0.999, ε = 1e-8), cosine decay from the peak learning rate to 0 over the "
         "run, no warm-up, no weight decay; float32; Picard forward solver (max 300 iterations); "
-        f"scores computed with tolerance {SCORE_TOL:g}. Feedforward (v0) models use "
-        "`depth + 1` Picard iterations and the `phantom-(depth−1)` gradient, which are exact "
-        "for a strictly block-triangular `A` (ordinary backpropagation).",
+        f"scores computed with tolerance {SCORE_TOL:g}. The layered models are solved layer by "
+        "layer (`SolverOptions.layerwise`): one exact pass for v0 (ordinary backpropagation for "
+        "the implicit gradient), Picard iterations on the latent layer only for v1; the "
+        "iteration counts below are those of the implicit blocks (1 = one feedforward pass).",
         "",
         "| data | model | arch | epochs | batch | lr | gradient | train tol | hidden | "
         "best epoch by val AUC | fwd / bwd iters (mean) | epoch kept (mean) |",
@@ -600,13 +607,16 @@ TUNING_LOG = [
     "≈ 0.967, AUC ≈ 0.993, the best of all models), so it was chosen, before any test "
     "metric was computed, as the candidate for the NSL-KDD target. Tolerance 1e-3 gave the "
     "same validation metrics in fewer iterations.",
+    "After the layer-by-layer solver made the layered models 3-5x faster, the epochs of the "
+    "(7;64;16) models on NSL-KDD were re-chosen the same way (3 seeds, validation only): v0 "
+    "5 / 10 / 15 epochs gave validation AUC 0.979 / 0.982 / 0.983, v1 8 / 20 / 40 epochs "
+    "0.984 / 0.986 / 0.987, so 15 and 40 epochs (the most that fit the time budget with a "
+    "margin). (5;32;16) models had plateaued (v0 10 / 20 / 30 epochs: 0.981 each; v1 15 / 30 / "
+    "60: 0.981 each) and kept their epochs.",
     "HTRU2, all models (also latent widths 2 and 4, lr 3e-4-3e-3, batch 64-256, 3-20 "
     "epochs): validation AUC peaked within the first 1-4 epochs and then drifted down while the "
     "training loss kept falling, for every setting; hence 10 epochs at lr 1e-3 with the epoch "
     "of best validation AUC kept.",
-    "Feedforward (v0) models: `phantom-(depth−1)` with `depth + 1` Picard iterations was "
-    "checked to give the same validation metrics (to 4 decimals) as the implicit (IFT) "
-    "gradient, at fewer GEMMs.",
 ]
 
 
@@ -657,15 +667,26 @@ def discussion(res: dict) -> list[str]:
         out.append(
             f"{ds}: published recall {min(recalls):.3f}-{max(recalls):.3f} at an implied "
             f"precision of {min(implied):.3f}-{max(implied):.3f}; ours {min(ours):.3f}-"
-            f"{max(ours):.3f}. "
+            f"{max(ours):.3f}."
+        )
+        m = {n: r["summary"]["mean"] for n, r in res[ds].items()}
+        best = max(m, key=lambda n: m[n]["oracle_f1"])
+        best90 = max(m, key=lambda n: m[n]["oracle_f1_r90"])
+        if ds == "nsl-kdd":
+            need = ("F1 ≥ 0.93", m[best]["oracle_f1"] >= 0.93)
+        else:
+            need = ("F1 ≥ 0.78 at recall ≥ 0.90", m[best90]["oracle_f1_r90"] >= 0.78)
+        out.append(
+            f"{ds}: oracle diagnostic (computed on the *test* labels, an upper bound that no "
+            f"threshold rule can exceed; never used to choose anything): the best test F1 of "
+            f"any threshold is {m[best]['oracle_f1']:.3f} (`{best}`, mean over seeds), and the "
+            f"best with recall ≥ 0.90 is {m[best90]['oracle_f1_r90']:.3f} (`{best90}`). "
             + (
-                "Similar precision with higher recall means the published detectors separate "
-                "the test attacks better, not merely that they use a lower threshold."
-                if min(implied) > min(ours) - 0.02
-                else "Their lower precision suggests (a hypothesis, not checked against the "
-                "authors' code) an operating point with a lower threshold than the "
-                "validation-F1 optimum used here, which would raise recall at the cost of "
-                "precision."
+                f"So the target ({need[0]}) is within reach of these scores; the validation "
+                "threshold is what misses it."
+                if need[1]
+                else f"So no threshold on these scores meets the target ({need[0]}): the gap "
+                "is in how the detectors rank the test rows, not in the threshold rule."
             )
         )
     if "nsl-kdd" in res:

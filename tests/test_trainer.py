@@ -284,8 +284,15 @@ def test_nan_in_features_is_reported(make_store, capsys):
 
 def test_early_stopping_stops_when_validation_stops_improving(teacher_store):
     # A learning rate far too large: the validation loss gets worse after the first epoch.
-    t = run_on(1, make_trainer(teacher_store, epochs=10, patience=2,
-                               optimizer=OptimizerConfig("sgd", lr=10.0, momentum=0.9)))
+    t = run_on(
+        1,
+        make_trainer(
+            teacher_store,
+            epochs=10,
+            patience=2,
+            optimizer=OptimizerConfig("sgd", lr=10.0, momentum=0.9),
+        ),
+    )
     assert t.summary_["stopped_early"]
     assert t.summary_["steps"] < 10 * 6
     assert t.summary_["best_val_loss"] < t.summary_["val_loss"]
