@@ -91,7 +91,14 @@ def bench_core(
             t0 = time.perf_counter()
             res = partition_sums(dev, U, Y, cfg)
             dev.params, state = apply_update(
-                opt, dev.params, mean_gradients(res), state, step, dev.masks, dev.kappa
+                opt,
+                dev.params,
+                mean_gradients(res),
+                state,
+                step,
+                dev.masks,
+                dev.kappa,
+                dev.structure,
             )
             be.synchronize()
             if step > 0:

@@ -86,7 +86,7 @@ def fit(
             res = partition_sums(dev, Ub, Yb, config)
             grads = mean_gradients(res)
             dev.params, state = apply_update(
-                optimizer, dev.params, grads, state, step, dev.masks, dev.kappa
+                optimizer, dev.params, grads, state, step, dev.masks, dev.kappa, dev.structure
             )
             rec = {"step": step, "epoch": epoch, **summarize_stats(res)}
             rec["seconds"] = time.perf_counter() - t0

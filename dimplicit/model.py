@@ -273,7 +273,10 @@ def layered_model(
     use_D : bool
         Add a direct input→output path.
     kappa : float or None
-        Row-ℓ1 radius kept during training (None: unconstrained, as in the paper's models).
+        Row-ℓ1 radius of the intra-layer (implicit) blocks of ``A`` kept during training, so
+        that every implicit layer stays a contraction (feedforward blocks are left free, see
+        :func:`~dimplicit.projection.project_well_posed`).  None: unconstrained, as in the
+        paper's models; non-convergence is then only detected and reported.
     """
     widths = [int(w) for w in widths]
     if len(widths) < 3 or min(widths) < 1:
@@ -363,7 +366,8 @@ def build_model(
     ``ae-v0:M,S,L`` / ``ae-v1:M,S,L``
         Szekeres & Izsák autoencoders (M hidden layers, first width S, latent width L):
         v0 feedforward with leaky ReLU 0.1; v1 adds an all-to-all block (no self-loops,
-        arctan) in the central latent layer, making it implicit.
+        arctan) in the central latent layer, making it implicit; ``kappa`` bounds the
+        ℓ1 norm of that block's rows (None: unconstrained, as in the paper).
     ``ae-dense``
         Dense implicit autoencoder (outputs = inputs) with ‖A‖∞ ≤ ``kappa``.
     """
@@ -389,7 +393,8 @@ def build_model(
         implicit = (n_hidden_layers // 2,) if kind == "ae-v1" else ()
         model = layered_model(
             widths, activation=activation or "leaky_relu:0.1", implicit_layers=implicit,
-            implicit_activation="arctan", seed=seed, dtype=dtype,
+            implicit_activation="arctan", kappa=kappa if implicit else None, seed=seed,
+            dtype=dtype,
         )  # fmt: skip
         model.meta["arch"] = arch
         return model

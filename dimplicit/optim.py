@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 from dimplicit.backend import array_module
 from dimplicit.model import MATRICES, PARAM_NAMES
-from dimplicit.projection import project_rows_l1
+from dimplicit.projection import project_well_posed
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
@@ -91,7 +91,9 @@ def init_state(cfg: OptimizerConfig, params: dict) -> dict:
     return {f"{s}/{k}": xp.zeros_like(params[k]) for s in slots for k in PARAM_NAMES}
 
 
-def apply_update(cfg: OptimizerConfig, params, grads, state, step: int, masks=None, kappa=None):
+def apply_update(
+    cfg: OptimizerConfig, params, grads, state, step: int, masks=None, kappa=None, structure=None
+):
     """One optimizer step followed by the masks and the row-ℓ1 projection of ``A``.
 
     Parameters
@@ -104,7 +106,10 @@ def apply_update(cfg: OptimizerConfig, params, grads, state, step: int, masks=No
     masks : dict, optional
         Structure masks; masked entries are forced back to zero.
     kappa : float, optional
-        Project every row of ``A`` onto the ℓ1 ball of this radius (DESIGN §1).
+        Project the rows of ``A`` onto the ℓ1 ball of this radius (DESIGN §1).
+    structure : BlockStructure, optional
+        The model's block structure: a layered model projects only its intra-layer blocks
+        (:func:`~dimplicit.projection.project_well_posed`).
 
     Returns
     -------
@@ -137,6 +142,6 @@ def apply_update(cfg: OptimizerConfig, params, grads, state, step: int, masks=No
             p = p * masks[k]
         new_p[k] = p.astype(params[k].dtype, copy=False)
     if kappa is not None:
-        new_p["A"] = project_rows_l1(new_p["A"], kappa, masks.get("A"))
+        new_p["A"] = project_well_posed(new_p["A"], kappa, masks.get("A"), structure)
     new_s = {k: v.astype(state[k].dtype, copy=False) for k, v in new_s.items()}
     return new_p, new_s

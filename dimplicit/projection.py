@@ -57,6 +57,42 @@ def project_rows_l1(A, kappa: float, mask=None):
     return out
 
 
+def project_well_posed(A, kappa: float, mask=None, structure=None):
+    """Keep ``A`` well-posed: project the rows that can break the contraction onto the ℓ1 ball.
+
+    For a general ``A`` that is every row (:func:`project_rows_l1`).  For a block
+    lower-triangular ``A`` (a layered model, ``structure.layer_order``) the equilibrium is solved
+    layer by layer, and layer ``l``'s map ``x_l ↦ φ(A_ll x_l + c_l)`` is a contraction when
+    ‖A_ll‖∞ < 1; then λ_pf(|A|) = max_l λ_pf(|A_ll|) ≤ κ < 1 for the whole map too.  So only the
+    diagonal (intra-layer) blocks are projected: constraining the feedforward blocks as well
+    would restrict the network and buy no well-posedness.
+
+    Parameters
+    ----------
+    A : array (n × n)
+        Not modified.
+    kappa : float
+        Radius κ > 0.
+    mask : array of 0/1, optional
+        Structure mask of ``A``.
+    structure : BlockStructure, optional
+        The model's block structure (``ImplicitModel.structure``); None: project every row.
+
+    Returns
+    -------
+    array
+        The projected matrix (a new array).
+    """
+    if structure is None or not structure.layer_order:
+        return project_rows_l1(A, kappa, mask)
+    out = A * mask if mask is not None else A.copy()
+    for g0, g1 in structure.groups:
+        if structure.has_self_block(g0):
+            m = None if mask is None else mask[g0:g1, g0:g1]
+            out[g0:g1, g0:g1] = project_rows_l1(out[g0:g1, g0:g1], kappa, m)
+    return out
+
+
 def inf_norm(A) -> float:
     """‖A‖∞ = the largest absolute row sum."""
     xp = array_module(A)

@@ -110,7 +110,9 @@ class Recipe:
     activation : str or None
         φ (None: the architecture's default).
     kappa : float
-        Row-ℓ1 radius of ``A`` for ``ae-dense`` (well-posedness, DESIGN §1).
+        Row-ℓ1 radius kept during training (well-posedness, DESIGN §1): every row of ``A`` for
+        ``ae-dense``, the rows of the implicit latent block for the v1 models (the paper's v1
+        is unconstrained); v0 models have nothing to constrain.
     tol : float
         Relative residual of the training-time forward and adjoint solves.
     backward : str
@@ -297,14 +299,43 @@ def _auc(y, scores) -> float:
     return float(roc_auc_score(y, scores))
 
 
+def evaluate_scores(data: Data, val_raw, test_raw) -> dict:
+    """Calibrate on the validation rows, then measure the test rows at that threshold.
+
+    Returns
+    -------
+    dict
+        Test ``f1``, ``recall``, ``precision``, ``accuracy``, ``mcc``, ``roc_auc``; the
+        validation ``val_f1``, ``val_recall`` (at the chosen threshold) and ``val_auc``; the
+        test-label diagnostics ``oracle_f1`` and ``oracle_f1_r90``
+        (:func:`oracle_f1`, never used to choose); the z-score ``threshold``.
+    """
+    cal = calibrate(val_raw, data.val_y)
+    zv, z = cal.zscore(val_raw), cal.zscore(test_raw)
+    test = classification_metrics(data.test_y, cal.flag(z), z)
+    return {
+        "f1": test["f1"],
+        "recall": test["recall"],
+        "precision": test["precision"],
+        "accuracy": test["accuracy"],
+        "mcc": test["mcc"],
+        "roc_auc": test["roc_auc"],
+        "val_f1": cal.val_f1,
+        "val_recall": float(np.mean(cal.flag(zv[data.val_y]))),
+        "val_auc": cal.val_auc,
+        "oracle_f1": oracle_f1(data.test_y, z),
+        "oracle_f1_r90": oracle_f1(data.test_y, z, 0.90),
+        "threshold": cal.threshold,
+    }
+
+
 def run_one(data: Data, name: str, recipe: Recipe, seed: int, threads: int = 2) -> dict:
     """Train model ``name`` with ``recipe`` and seed ``seed``; calibrate; score the test rows.
 
     Returns
     -------
     dict
-        Test metrics (``f1``, ``recall``, ``precision``, ``accuracy``, ``mcc``, ``roc_auc``),
-        ``val_f1``, ``val_auc``, ``threshold``, ``train_s``, ``epochs_run``, ``best_epoch``,
+        The metrics of :func:`evaluate_scores`, ``train_s``, ``epochs_run``, ``best_epoch``,
         mean solver iterations and the number of unconverged scoring solves.
     """
     spec = MODELS[name]
@@ -337,25 +368,13 @@ def run_one(data: Data, name: str, recipe: Recipe, seed: int, threads: int = 2) 
         if recipe.select_best_epoch:
             trained = best["model"]
         Yv, _, vstats = predict(trained, data.val, score_opts)
-        cal = calibrate(row_rmse(Yv, data.val), data.val_y)
-        # Test labels are used from here on only, to report; nothing is chosen below.
         Yt, _, tstats = predict(trained, data.test, score_opts)
-    z = cal.zscore(row_rmse(Yt, data.test))
-    test = classification_metrics(data.test_y, cal.flag(z), z)
+    # Calibration uses validation labels only; test labels are used inside to report.
+    metrics = evaluate_scores(data, row_rmse(Yv, data.val), row_rmse(Yt, data.test))
     tail = history[-min(len(history), 50) :]
     return {
         "seed": seed,
-        "f1": test["f1"],
-        "recall": test["recall"],
-        "precision": test["precision"],
-        "accuracy": test["accuracy"],
-        "mcc": test["mcc"],
-        "roc_auc": test["roc_auc"],
-        "val_f1": cal.val_f1,
-        "oracle_f1": oracle_f1(data.test_y, z),
-        "oracle_f1_r90": oracle_f1(data.test_y, z, 0.90),
-        "val_auc": cal.val_auc,
-        "threshold": cal.threshold,
+        **metrics,
         "train_s": train_s,
         "epochs_run": history[-1]["epoch"] + 1,
         "best_epoch": best["epoch"] + 1 if recipe.select_best_epoch else None,
@@ -365,6 +384,68 @@ def run_one(data: Data, name: str, recipe: Recipe, seed: int, threads: int = 2) 
         "train_unconverged_steps": int(sum(h["forward_unconverged"] > 0 for h in history)),
         "score_unconverged_rows": int(vstats.n_unconverged + tstats.n_unconverged),
     }
+
+
+# --------------------------------------------------------------------------------------
+# Classical detectors: a ceiling check for the targets
+# --------------------------------------------------------------------------------------
+
+
+def _knn_score(k):
+    def score(train, seed):
+        from sklearn.neighbors import NearestNeighbors
+
+        nn = NearestNeighbors(n_neighbors=k).fit(train)
+        return lambda X: nn.kneighbors(X)[0].mean(axis=1)
+
+    return score
+
+
+def _pca_score(k):
+    def score(train, seed):
+        from sklearn.decomposition import PCA
+
+        pca = PCA(k, random_state=seed).fit(train)
+        return lambda X: np.linalg.norm(X - pca.inverse_transform(pca.transform(X)), axis=1)
+
+    return score
+
+
+def _mahalanobis(train, seed):
+    from sklearn.covariance import EmpiricalCovariance
+
+    cov = EmpiricalCovariance().fit(train)
+    return lambda X: np.sqrt(cov.mahalanobis(X))
+
+
+def _isolation_forest(train, seed):
+    from sklearn.ensemble import IsolationForest
+
+    f = IsolationForest(random_state=seed).fit(train)
+    return lambda X: -f.score_samples(X)
+
+
+# Non-neural detectors fitted on the same normal training rows and calibrated by the same rule
+# (threshold maximising validation F1).  They are not competitors: their *oracle* F1 (best
+# threshold on the test labels) shows how far any ranking of these features gets, which tells
+# whether a target is out of reach of the protocol rather than of our models.
+BASELINES = {
+    "pca-2": _pca_score(2),
+    "pca-4": _pca_score(4),
+    "mahalanobis": _mahalanobis,
+    "knn-20": _knn_score(20),
+    "isolation-forest": _isolation_forest,
+}
+
+
+def run_baseline(data: Data, name: str, seed: int = 0) -> dict:
+    """Fit baseline ``name`` on the normal training rows and evaluate it like the models."""
+    t0 = time.perf_counter()
+    score = BASELINES[name](data.train.astype(np.float64), seed)
+    fit_s = time.perf_counter() - t0
+    val_raw = score(data.val.astype(np.float64))
+    test_raw = score(data.test.astype(np.float64))
+    return {"name": name, **evaluate_scores(data, val_raw, test_raw), "fit_s": fit_s}
 
 
 # --------------------------------------------------------------------------------------
@@ -392,8 +473,8 @@ def t975(df: int) -> float:
 
 
 METRICS = (
-    "f1", "recall", "precision", "accuracy", "mcc", "roc_auc", "val_f1", "val_auc",
-    "oracle_f1", "oracle_f1_r90",
+    "f1", "recall", "precision", "accuracy", "mcc", "roc_auc", "val_f1", "val_recall",
+    "val_auc", "oracle_f1", "oracle_f1_r90",
 )  # fmt: skip
 
 
@@ -454,7 +535,8 @@ def write_report(path: Path, result: dict) -> None:
         "B. J. Szekeres, F. Izsák, *On the computation of the gradient in implicit neural "
         "networks*, J. Supercomputing 2024, doi 10.1007/s11227-024-06117-6.",
         "",
-        "Generated by `scripts/reproduce_szekeres2024.py`; do not edit by hand.",
+        "Generated by `scripts/reproduce_szekeres2024.py`; do not edit by hand, except below the "
+        "closing marker (kept when the report is regenerated).",
         "",
         "## Command and machine",
         "",
@@ -554,7 +636,20 @@ def write_report(path: Path, result: dict) -> None:
         "",
     ]
     lines += [f"- {t}" for t in result["targets"]]
-    lines += ["", "## Discussion", ""] + [f"- {t}" for t in discussion(res)]
+    lines += [
+        "",
+        "## Ceiling check: can any detector meet the targets under this protocol?",
+        "",
+        "The same protocol applied to classical detectors fitted on the same normal training "
+        "rows (`BASELINES` in the script: PCA reconstruction error, Mahalanobis distance, mean "
+        "distance to the 20 nearest training rows, isolation forest; scikit-learn, one fit "
+        "each), beside our models' means. *Oracle* columns use the test labels to pick the "
+        "best threshold afterwards: an upper bound for any threshold "
+        "rule, computed only as a diagnostic and never used to choose anything.",
+        "",
+        *ceiling(result),
+    ]
+    lines += ["## Discussion", ""] + [f"- {t}" for t in discussion(res)]
     lines += ["", "## How the recipes were chosen (validation only)", ""]
     lines += [f"- {t}" for t in TUNING_LOG]
     lines += [
@@ -563,7 +658,9 @@ def write_report(path: Path, result: dict) -> None:
         "",
         "Adam (β = 0.9, 0.999, ε = 1e-8), cosine decay from the peak learning rate to 0 over the "
         "run, no warm-up, no weight decay; float32; Picard forward solver (max 300 iterations); "
-        f"scores computed with tolerance {SCORE_TOL:g}. The layered models are solved layer by "
+        f"scores computed with tolerance {SCORE_TOL:g}. Well-posedness: ‖A‖∞ ≤ κ for the dense "
+        "AE; for v1 only the implicit latent block is kept at row-ℓ1 norm ≤ κ (the paper leaves "
+        "it free), which bounds λ_pf(|A|) by κ. The layered models are solved layer by "
         "layer (`SolverOptions.layerwise`): one exact pass for v0 (ordinary backpropagation for "
         "the implicit gradient), Picard iterations on the latent layer only for v1; the "
         "iteration counts below are those of the implicit blocks (1 = one feedforward pass).",
@@ -591,7 +688,15 @@ def write_report(path: Path, result: dict) -> None:
     if result.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    old = path.read_text() if path.exists() else ""
+    if KEEP_MARKER in old:  # hand-maintained figures (e.g. scoring benchmarks) survive
+        text += "\n" + old[old.index(KEEP_MARKER) :]
+    path.write_text(text)
+
+
+# Everything from this line on in an existing report is kept when the report is rewritten.
+KEEP_MARKER = "<!-- Not generated: kept as is when the report is regenerated. -->"
 
 
 # What was tried before the recipes above were fixed.  Every comparison used validation F1 and
@@ -613,6 +718,12 @@ TUNING_LOG = [
     "0.984 / 0.986 / 0.987, so 15 and 40 epochs (the most that fit the time budget with a "
     "margin). (5;32;16) models had plateaued (v0 10 / 20 / 30 epochs: 0.981 each; v1 15 / 30 / "
     "60: 0.981 each) and kept their epochs.",
+    "v1 models with the latent block unconstrained, as in the paper, lost the contraction in "
+    "one of 10 seeds of (7;64;16) on NSL-KDD (seed 3: 179 Picard iterations per solve on "
+    "average, 4,104 of 7,880 training steps unconverged, 43 s instead of 16 s). Keeping the "
+    "block's rows in the ℓ1 ball of radius 0.95 (the default `kappa`) removed that and gave "
+    "the same validation metrics (NSL-KDD (7;64;16)-v1 seeds 2-3: validation AUC 0.987 vs "
+    "0.986; (5;32;16)-v1 seeds 0-2: 0.981 both), so all v1 runs now use it.",
     "HTRU2, all models (also latent widths 2 and 4, lr 3e-4-3e-3, batch 64-256, 3-20 "
     "epochs): validation AUC peaked within the first 1-4 epochs and then drifted down while the "
     "training loss kept falling, for every setting; hence 10 epochs at lr 1e-3 with the epoch "
@@ -669,26 +780,6 @@ def discussion(res: dict) -> list[str]:
             f"precision of {min(implied):.3f}-{max(implied):.3f}; ours {min(ours):.3f}-"
             f"{max(ours):.3f}."
         )
-        m = {n: r["summary"]["mean"] for n, r in res[ds].items()}
-        best = max(m, key=lambda n: m[n]["oracle_f1"])
-        best90 = max(m, key=lambda n: m[n]["oracle_f1_r90"])
-        if ds == "nsl-kdd":
-            need = ("F1 ≥ 0.93", m[best]["oracle_f1"] >= 0.93)
-        else:
-            need = ("F1 ≥ 0.78 at recall ≥ 0.90", m[best90]["oracle_f1_r90"] >= 0.78)
-        out.append(
-            f"{ds}: oracle diagnostic (computed on the *test* labels, an upper bound that no "
-            f"threshold rule can exceed; never used to choose anything): the best test F1 of "
-            f"any threshold is {m[best]['oracle_f1']:.3f} (`{best}`, mean over seeds), and the "
-            f"best with recall ≥ 0.90 is {m[best90]['oracle_f1_r90']:.3f} (`{best90}`). "
-            + (
-                f"So the target ({need[0]}) is within reach of these scores; the validation "
-                "threshold is what misses it."
-                if need[1]
-                else f"So no threshold on these scores meets the target ({need[0]}): the gap "
-                "is in how the detectors rank the test rows, not in the threshold rule."
-            )
-        )
     if "nsl-kdd" in res:
         out.append(
             "nsl-kdd: the validation rows come from KDDTrain+ (22 attack types, about 46 % "
@@ -698,6 +789,69 @@ def discussion(res: dict) -> list[str]:
             "the attack share, so validation-based choices transfer imperfectly to the test set."
         )
     return out
+
+
+def _detectors(result: dict, ds: str) -> dict:
+    """Mean metrics of every detector run on ``ds``: our models, then the baselines."""
+    out = {n: r["summary"]["mean"] for n, r in result["results"].get(ds, {}).items()}
+    out.update({n: m for n, m in result.get("baselines", {}).get(ds, {}).items()})
+    return out
+
+
+def ceiling(result: dict) -> list[str]:
+    """Markdown lines: can *any* detector meet the targets under this protocol?"""
+    lines = []
+    for ds in result["results"]:
+        det = _detectors(result, ds)
+        if not det:
+            continue
+        lines += [
+            f"### {ds}",
+            "",
+            "| detector | test F1 | test recall | test precision | valid AUC | test AUC | "
+            "valid recall at threshold | oracle test F1 | oracle test F1 at recall ≥ 0.90 |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for n, m in det.items():
+            kind = f"`{n}`" + ("" if n in MODELS else " (baseline)")
+            lines.append(
+                f"| {kind} | {m['f1']:.3f} | {m['recall']:.3f} | {m['precision']:.3f} | "
+                f"{m['val_auc']:.3f} | {m['roc_auc']:.3f} | {m['val_recall']:.3f} | "
+                f"{m['oracle_f1']:.3f} | {m['oracle_f1_r90']:.3f} |"
+            )
+        best = max(det, key=lambda n: det[n]["oracle_f1"])
+        best90 = max(det, key=lambda n: det[n]["oracle_f1_r90"])
+        lines.append("")
+        if ds == "nsl-kdd":
+            top = det[best]["oracle_f1"]
+            lines.append(
+                f"The best test F1 that *any* threshold gives *any* of these {len(det)} "
+                f"detectors is {top:.3f} (`{best}`). "
+                + (
+                    "That is below the target (0.93): no threshold rule, however clever, "
+                    "reaches it with these rankings of the KDDTest+ rows; only a detector that "
+                    "ranks them better than all of these could."
+                    if top < 0.93
+                    else "The target is within reach of that ranking."
+                )
+            )
+        else:
+            top90 = det[best90]["oracle_f1_r90"]
+            vrec = max(m["val_recall"] for m in det.values())
+            lines.append(
+                f"At recall ≥ 0.90 the best test F1 of any threshold on any of these "
+                f"{len(det)} detectors is {top90:.3f} (`{best90}`) "
+                + (
+                    "(target 0.78). The target asks for recall ≥ 0.90 *and* F1 ≥ 0.78 at once; "
+                    "these rankings cannot give both at any threshold. The validation rule "
+                    f"agrees: the F1-optimal validation thresholds keep validation recall at "
+                    f"≤ {vrec:.3f} for every detector."
+                    if top90 < 0.78
+                    else "(target 0.78): the ranking allows it; the threshold rule decides."
+                )
+            )
+        lines.append("")
+    return lines
 
 
 def check_targets(res: dict) -> list[str]:
@@ -771,6 +925,13 @@ def parse_args(argv=None):
     )
     p.add_argument("--threads", type=int, default=2, help="BLAS threads (default 2)")
     p.add_argument(
+        "--no-baselines",
+        dest="baselines",
+        action="store_false",
+        help="skip the classical detectors of the ceiling check (PCA, Mahalanobis, kNN, "
+        "isolation forest)",
+    )
+    p.add_argument(
         "--report-from",
         type=Path,
         default=None,
@@ -829,6 +990,10 @@ def main(argv=None) -> dict:
             data = load_dataset(ds, Path(args.data), workdir, args.max_train_rows)
             result["data"][ds] = data.info
             result["results"][ds] = {}
+            if args.baselines:
+                result.setdefault("baselines", {})[ds] = {
+                    b: run_baseline(data, b) for b in BASELINES
+                }
             for name in args.models:
                 recipe = recipe_for(ds, name)
                 if args.max_epochs is not None:

@@ -7,7 +7,7 @@ import pytest
 
 from dimplicit.fit import fit
 from dimplicit.forward import predict
-from dimplicit.model import PARAM_NAMES, dense_model
+from dimplicit.model import PARAM_NAMES, build_model, dense_model
 from dimplicit.optim import OptimizerConfig, apply_update, init_state, learning_rate
 from dimplicit.partition import StepConfig
 from dimplicit.projection import inf_norm
@@ -68,6 +68,24 @@ def test_update_projects_A_and_keeps_masks():
     p, _ = apply_update(cfg, m.params, g, init_state(cfg, m.params), 0, m.masks, kappa=0.95)
     assert inf_norm(p["A"]) <= 0.95 * (1 + 1e-12)
     assert np.all(p["D"] == 0)
+
+
+@pytest.mark.parametrize("kappa", [0.5, None])
+def test_fit_keeps_the_implicit_latent_block_of_v1_in_the_ball(kappa):
+    rng = np.random.default_rng(0)
+    U = rng.standard_normal((512, 6)) * [3, 1, 1, 0.3, 2, 1]
+    m = build_model("ae-v1:3,8,4", 6, 6, kappa=kappa, seed=0, dtype="float64")
+    cfg = OptimizerConfig("adam", lr=0.05)
+    trained, hist = fit(m, U, U, optimizer=cfg, epochs=4, batch_size=64)
+    (l0, l1) = [g for g in m.structure.groups if m.structure.has_self_block(g[0])][0]
+    latent = inf_norm(trained.params["A"][l0:l1, l0:l1])
+    if kappa is None:
+        assert latent > 0.5  # the same training leaves the ball when nothing keeps it inside
+    else:
+        assert latent <= kappa * (1 + 1e-12)
+        assert all(h["forward_unconverged"] == 0 for h in hist)
+    # The feedforward blocks are not constrained: they grow beyond κ in ℓ1 row norm.
+    assert inf_norm(trained.params["A"]) > 1
 
 
 def test_config_validation():

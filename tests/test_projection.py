@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from dimplicit.projection import inf_norm, pf_eigenvalue, project_rows_l1
+from dimplicit.model import build_model, dense_model
+from dimplicit.projection import inf_norm, pf_eigenvalue, project_rows_l1, project_well_posed
 
 
 def bisection_reference(row, kappa):
@@ -69,3 +70,29 @@ def test_diagnostics():
     assert lam <= inf_norm(A) + 1e-12
     assert lam == pytest.approx(max(abs(np.linalg.eigvals(np.abs(A)))))
     assert pf_eigenvalue(np.triu(np.ones((4, 4)), 1)) == pytest.approx(0.0)
+
+
+def test_layered_models_project_only_their_implicit_blocks():
+    m = build_model("ae-v1:5,32,16", 10, 10, seed=0, dtype="float64")
+    S, mask = m.structure, m.masks["A"]
+    A = m.params["A"] * 40  # every block far outside the ball
+    P = project_well_posed(A, 0.95, mask, S)
+    (l0, l1) = [g for g in S.groups if S.has_self_block(g[0])][0]
+    block = np.zeros_like(mask, dtype=bool)
+    block[l0:l1, l0:l1] = True
+    # The latent block is exactly the row-ℓ1 projection; the feedforward blocks are untouched.
+    np.testing.assert_array_equal(P[l0:l1, l0:l1], project_rows_l1(A[l0:l1, l0:l1], 0.95))
+    np.testing.assert_array_equal(P[~block], A[~block])
+    assert inf_norm(A) > 10 and pf_eigenvalue(A) > 1  # unprojected: no fixed-point guarantee
+    # Block lower-triangular: λ_pf(|A|) is the largest of the diagonal blocks', hence ≤ κ.
+    assert pf_eigenvalue(P) <= 0.95 * (1 + 1e-12)
+
+
+def test_models_without_layer_order_project_every_row():
+    m = dense_model(4, 12, 2, seed=1, dtype="float64")
+    A = m.params["A"] * 10
+    np.testing.assert_array_equal(
+        project_well_posed(A, 0.9, None, m.structure), project_rows_l1(A, 0.9)
+    )
+    v0 = build_model("ae-v0:5,32,16", 10, 10, seed=0)
+    assert v0.kappa is None  # feedforward: nothing to constrain

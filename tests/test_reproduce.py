@@ -55,15 +55,30 @@ def test_small_htru2_run_prints_one_json_object(repro, shared_data, tmp_path, ca
     assert info["validation_rows"] + info["test_rows"] < 0.25 * 17898
     assert info["train_rows_normal"] > 0.7 * 16259
     assert result["results"]["htru2"]["v0-5-32-16"]["summary"] == r["summary"]
+    # The ceiling check: every baseline fitted and evaluated by the same protocol.
+    base = printed["baselines"]["htru2"]
+    assert base.keys() == repro.BASELINES.keys()
+    for name, m in base.items():
+        assert m["val_auc"] > 0.85 and m["roc_auc"] > 0.85, name
+        # An oracle threshold can only do better than the validation one; demanding recall
+        # ≥ 0.90 can only cost F1.
+        assert m["oracle_f1_r90"] <= m["oracle_f1"] + 1e-12
+        assert m["f1"] <= m["oracle_f1"] + 1e-12
     text = out.read_text()
     assert "| htru2 | (5;32;16)-v0 | 0.765 | 0.893 | (0.669) | 0.943 | 35 |" in text
     assert "Quick check" in text and argv[-1] in text
+    assert "| `knn-20` (baseline) |" in text and "| `v0-5-32-16` |" in text
     # --report-from re-renders the same report from the printed JSON without training.
     saved = tmp_path / "result.json"
     saved.write_text(json.dumps(printed))
     again = tmp_path / "again.md"
     repro.main(["--report-from", str(saved), "--out", str(again)])
     assert again.read_text() == text
+    # Hand-maintained figures below the marker survive a regeneration; the rest is replaced.
+    kept = f"{repro.KEEP_MARKER}\n\n## Scoring benchmark\n\n| rows | rows/s |\n"
+    again.write_text("stale generated text\n" + kept)
+    repro.main(["--report-from", str(saved), "--out", str(again)])
+    assert again.read_text() == text + "\n" + kept
 
 
 def test_implied_precision_inverts_f1(repro):

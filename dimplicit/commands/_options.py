@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
+
 from dimplicit.gradients import BackwardOptions
 from dimplicit.model import ARCHS
 from dimplicit.solvers import SolverOptions
+
+
+def _kappa(text: str) -> float | None:
+    """``--kappa``: a positive radius, or ``none`` for no constraint."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number or 'none', got {text!r}")
+    return value
 
 
 def add_solver_arguments(parser):
@@ -56,9 +71,10 @@ def add_model_arguments(parser):
     )
     g.add_argument(
         "--kappa",
-        type=float,
+        type=_kappa,
         default=0.95,
-        help="keep ‖A‖∞ ≤ κ by row-wise ℓ1 projection (dense archs; default 0.95)",
+        help="keep ‖A‖∞ ≤ κ by row-wise ℓ1 projection: every row for dense archs, the "
+        "implicit latent block for ae-v1 (default 0.95; 'none' leaves A unconstrained)",
     )
     g.add_argument(
         "--method",

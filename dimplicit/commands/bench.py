@@ -25,13 +25,17 @@ def add_parser(sub):
         default="implicit",
         help="gradient method: implicit, neumann, jfb, phantom-K (default implicit)",
     )
-    c.add_argument("--solver", choices=["picard", "anderson"], default="picard")
-    c.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    c.add_argument(
+        "--solver", choices=["picard", "anderson"], default="picard", help="forward solver"
+    )
+    c.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="precision")
     c.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up (default 5)")
     c.add_argument("--tol", type=float, default=1e-4, help="relative residual per sample")
     c.add_argument("--max-iter", type=int, default=100, help="iteration limit per solve")
     c.add_argument("--threads", type=int, default=None, help="BLAS threads (default: all)")
-    c.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    c.add_argument(
+        "--device", choices=["cpu", "gpu"], default="cpu", help="NumPy (cpu) or CuPy (gpu)"
+    )
     c.add_argument("--tf32", action="store_true", help="GPU float32: allow TF32 GEMMs")
     c.set_defaults(func=run_core)
 
@@ -41,14 +45,23 @@ def add_parser(sub):
         description="Train the same model on the same Zarr data with 1 and with 2 single-threaded "
         "workers and print samples/s, speedup and the per-step overhead fraction.",
     )
-    d.add_argument("--hidden", type=int, default=512)
-    d.add_argument("--block-rows", type=int, default=8192, help="rows per partition")
-    d.add_argument("--blocks-per-step", type=int, default=4)
-    d.add_argument("--inputs", type=int, default=64)
-    d.add_argument("--outputs", type=int, default=10)
-    d.add_argument("--steps", type=int, default=6)
-    d.add_argument("--method", default="implicit")
-    d.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    d.add_argument("--hidden", type=int, default=512, help="hidden neurons n (default 512)")
+    d.add_argument("--block-rows", type=int, default=8192, help="rows per partition (default 8192)")
+    d.add_argument(
+        "--blocks-per-step",
+        type=int,
+        default=4,
+        help="partitions in one step's global batch (default 4)",
+    )
+    d.add_argument("--inputs", type=int, default=64, help="input features p (default 64)")
+    d.add_argument("--outputs", type=int, default=10, help="outputs q (default 10)")
+    d.add_argument("--steps", type=int, default=6, help="timed steps per run (default 6)")
+    d.add_argument(
+        "--method",
+        default="implicit",
+        help="gradient method: implicit, neumann, jfb, phantom-K (default implicit)",
+    )
+    d.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="precision")
     d.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
     d.set_defaults(func=run_distributed)
 
@@ -59,9 +72,17 @@ def add_parser(sub):
         "autoencoder on local worker processes; report rows/s and peak RSS. Compare --rows "
         "1000000 with --rows 10000000: memory must not grow.",
     )
-    s.add_argument("--rows", type=int, default=1_000_000)
-    s.add_argument("--arch", default="ae-v1:5,32,16")
-    s.add_argument("--workers", type=int, default=2)
+    s.add_argument(
+        "--rows", type=int, default=1_000_000, help="synthetic rows to score (default 1000000)"
+    )
+    s.add_argument(
+        "--arch",
+        default="ae-v1:5,32,16",
+        help="autoencoder architecture, randomly initialised (default ae-v1:5,32,16)",
+    )
+    s.add_argument(
+        "--workers", type=int, default=2, help="local worker processes, 1 thread each (default 2)"
+    )
     s.add_argument("--data", default=None, help="score this store instead of synthetic rows")
     s.set_defaults(func=run_score)
 

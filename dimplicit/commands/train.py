@@ -168,7 +168,7 @@ def run(args) -> int:
     }[args.task]
     model = build_model(
         args.arch, store.n_features, n_out, hidden=args.hidden, activation=args.activation,
-        kappa=args.kappa if args.arch in ("dense", "ae-dense") else None,
+        kappa=args.kappa,
         seed=args.seed, dtype=args.dtype,
     )  # fmt: skip
     config = StepConfig(LOSS_OF_TASK[args.task], solver_options(args), backward_options(args))

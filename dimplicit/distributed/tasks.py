@@ -150,7 +150,9 @@ def add_eval(a, b):
 def update(params, state, total, step, optimizer, template):
     """Optimizer step + projection from reduced sums (a task); returns ``(params, state)``."""
     grads = mean_gradients(total)
-    return apply_update(optimizer, params, grads, state, step, template.masks, template.kappa)
+    return apply_update(
+        optimizer, params, grads, state, step, template.masks, template.kappa, template.structure
+    )
 
 
 def step_summary(total):
