@@ -5,6 +5,23 @@ from __future__ import annotations
 import json
 
 
+def _add_model_arguments(parser, hidden: int):
+    """Flags shared by the training benchmarks: the model's shape, method and precision."""
+    parser.add_argument(
+        "--hidden", type=int, default=hidden, help=f"hidden neurons n (default {hidden})"
+    )
+    parser.add_argument("--inputs", type=int, default=64, help="input features p (default 64)")
+    parser.add_argument("--outputs", type=int, default=10, help="outputs q (default 10)")
+    parser.add_argument(
+        "--method",
+        default="implicit",
+        help="gradient method: implicit, neumann, jfb, phantom-K (default implicit)",
+    )
+    parser.add_argument(
+        "--dtype", choices=["float32", "float64"], default="float32", help="precision"
+    )
+
+
 def add_parser(sub):
     p = sub.add_parser("bench", help="benchmarks (print JSON)")
     bsub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
@@ -16,19 +33,11 @@ def add_parser(sub):
         "samples/s, iterations, achieved GFLOP/s (DESIGN §6 flop count), the GEMM peak measured "
         "in the same run, fraction_of_peak and peak RSS.",
     )
-    c.add_argument("--hidden", type=int, default=1024, help="hidden neurons n (default 1024)")
+    _add_model_arguments(c, hidden=1024)
     c.add_argument("--batch", type=int, default=4096, help="rows per step b (default 4096)")
-    c.add_argument("--inputs", type=int, default=64, help="input features p (default 64)")
-    c.add_argument("--outputs", type=int, default=10, help="outputs q (default 10)")
-    c.add_argument(
-        "--method",
-        default="implicit",
-        help="gradient method: implicit, neumann, jfb, phantom-K (default implicit)",
-    )
     c.add_argument(
         "--solver", choices=["picard", "anderson"], default="picard", help="forward solver"
     )
-    c.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="precision")
     c.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up (default 5)")
     c.add_argument("--tol", type=float, default=1e-4, help="relative residual per sample")
     c.add_argument("--max-iter", type=int, default=100, help="iteration limit per solve")
@@ -45,7 +54,7 @@ def add_parser(sub):
         description="Train the same model on the same Zarr data with 1 and with 2 single-threaded "
         "workers and print samples/s, speedup and the per-step overhead fraction.",
     )
-    d.add_argument("--hidden", type=int, default=512, help="hidden neurons n (default 512)")
+    _add_model_arguments(d, hidden=512)
     d.add_argument("--block-rows", type=int, default=8192, help="rows per partition (default 8192)")
     d.add_argument(
         "--blocks-per-step",
@@ -53,15 +62,7 @@ def add_parser(sub):
         default=4,
         help="partitions in one step's global batch (default 4)",
     )
-    d.add_argument("--inputs", type=int, default=64, help="input features p (default 64)")
-    d.add_argument("--outputs", type=int, default=10, help="outputs q (default 10)")
     d.add_argument("--steps", type=int, default=6, help="timed steps per run (default 6)")
-    d.add_argument(
-        "--method",
-        default="implicit",
-        help="gradient method: implicit, neumann, jfb, phantom-K (default implicit)",
-    )
-    d.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="precision")
     d.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
     d.set_defaults(func=run_distributed)
 
