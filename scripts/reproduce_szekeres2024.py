@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from dimplicit.anomaly.metrics import calibrate, classification_metrics
+from dimplicit.anomaly.metrics import best_f1_threshold, calibrate, classification_metrics
 from dimplicit.data.ingest import ingest_csv
 from dimplicit.data.store import open_store, standardize
 from dimplicit.fit import fit
@@ -285,12 +285,7 @@ def oracle_f1(y, scores, min_recall=0.0) -> float:
     A diagnostic upper bound computed on the *test* labels: it tells whether a detector's
     ranking could meet a target at all, whatever the threshold rule.  Never used to choose.
     """
-    from sklearn.metrics import precision_recall_curve
-
-    p, r, _ = precision_recall_curve(y, scores)
-    f = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-300), 0.0)
-    ok = r >= min_recall
-    return float(f[ok].max()) if ok.any() else 0.0
+    return best_f1_threshold(y, scores, min_recall)[1]
 
 
 def _auc(y, scores) -> float:
@@ -799,7 +794,7 @@ def discussion(res: dict) -> list[str]:
 def _detectors(result: dict, ds: str) -> dict:
     """Mean metrics of every detector run on ``ds``: our models, then the baselines."""
     out = {n: r["summary"]["mean"] for n, r in result["results"].get(ds, {}).items()}
-    out.update({n: m for n, m in result.get("baselines", {}).get(ds, {}).items()})
+    out.update(result.get("baselines", {}).get(ds, {}))
     return out
 
 

@@ -45,6 +45,19 @@ def test_best_threshold_maximises_f1_by_brute_force():
     assert classification_metrics(y, s > t)["f1"] == pytest.approx(f1)
 
 
+def test_best_threshold_under_a_recall_floor_matches_brute_force():
+    rng = np.random.default_rng(3)
+    y = rng.random(300) < 0.3
+    s = rng.standard_normal(300) + 1.5 * y
+    for floor in (0.5, 0.9, 1.0):
+        t, f1 = best_f1_threshold(y, s, min_recall=floor)
+        ok = [classification_metrics(y, s > c) for c in np.unique(s) - 1e-9]
+        brute = max(m["f1"] for m in ok if m["recall"] >= floor)
+        assert f1 == pytest.approx(brute)
+        assert classification_metrics(y, s > t)["recall"] >= floor
+    assert best_f1_threshold(y, s, 0.9)[1] < best_f1_threshold(y, s)[1]
+
+
 def test_calibration_zscores_on_normal_rows():
     rng = np.random.default_rng(1)
     raw = np.concatenate([rng.normal(1.0, 0.2, 500), rng.normal(3.0, 0.5, 50)])

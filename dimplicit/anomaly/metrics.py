@@ -43,11 +43,12 @@ class Calibration:
         return asdict(self)
 
 
-def best_f1_threshold(y_true, scores) -> tuple[float, float]:
+def best_f1_threshold(y_true, scores, min_recall: float = 0.0) -> tuple[float, float]:
     """The threshold maximising F1 (``score > t`` is positive); returns ``(t, f1)``.
 
     Uses the precision-recall curve, so every distinct score is a candidate.  The threshold is
     placed halfway between the chosen score and the next lower one, so ``>`` and ``≥`` agree.
+    ``min_recall`` restricts the candidates to thresholds reaching at least that recall.
     """
     y = np.asarray(y_true).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
@@ -55,6 +56,8 @@ def best_f1_threshold(y_true, scores) -> tuple[float, float]:
         raise ValueError("choosing a threshold needs both normal and anomalous validation rows")
     prec, rec, thr = skm.precision_recall_curve(y, s)
     f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-300), 0)[:-1]
+    # The lowest threshold has recall 1, so some candidate always qualifies.
+    f1 = np.where(rec[:-1] >= min_recall, f1, -1.0)
     i = int(np.argmax(f1))
     below = s[s < thr[i]]
     t = 0.5 * (thr[i] + below.max()) if below.size else thr[i] - 1e-12
