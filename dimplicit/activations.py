@@ -6,7 +6,8 @@ give every hidden neuron its own activation (:class:`Activation` with a list of 
 sharing a name are processed together, so per-neuron activations cost one pass per distinct name.
 
 All functions are 1-Lipschitz except leaky_relu with α > 1, which is rejected, so the
-well-posedness condition ‖A‖∞ < 1 of DESIGN §1 applies to every activation offered here.
+well-posedness condition ‖A‖∞ < 1 of docs/design.md §1 applies to every activation offered
+here.
 """
 
 from __future__ import annotations

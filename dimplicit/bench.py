@@ -1,7 +1,7 @@
 """Benchmarks that print JSON: throughput next to the machine's measured GEMM peak.
 
-Flop count of one training step (DESIGN §6, conservative — it leaves out the few GEMMs that
-are not in the iterations, such as ``Vᵀ X``)::
+Flop count of one training step (docs/design.md §6, conservative — it leaves out the few
+GEMMs that are not in the iterations, such as ``Vᵀ X``)::
 
     2·b·n²·(k_f + k_b) + 4·b·n·(p + q)
 """
@@ -24,7 +24,7 @@ from dimplicit.solvers import SolverOptions
 
 
 def step_flops(b, n, p, q, k_f, k_b) -> float:
-    """Flops of one training step (DESIGN §6)."""
+    """Flops of one training step (docs/design.md §6)."""
     return 2.0 * b * n * n * (k_f + k_b) + 4.0 * b * n * (p + q)
 
 

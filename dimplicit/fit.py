@@ -1,19 +1,24 @@
-"""In-process training on in-memory arrays (no Dask): the reference loop.
+"""Train on in-memory arrays in this process: a thin call into the in-process executor.
 
-Each step evaluates :func:`dimplicit.partition.partition_sums` on one mini-batch, divides by the
-row count, applies the optimizer and the projection.  The distributed trainer runs the same
-three functions as Dask tasks.
+:func:`fit` wraps ``(U, Y)`` in an in-memory store and runs the same
+:class:`~dimplicit.distributed.trainer.Trainer` (and so the same plan, the same
+:func:`~dimplicit.partition.partition_sums` and the same reduction tree) as every other entry
+point, on the :class:`~dimplicit.distributed.executor_local.LocalExecutor`.  There is one
+training loop in dimplicit; this is its shortest door.
 """
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from dimplicit.backend import get_backend, to_host
-from dimplicit.optim import OptimizerConfig, apply_update, init_state
-from dimplicit.partition import StepConfig, mean_gradients, partition_sums, summarize_stats
+from dimplicit.optim import OptimizerConfig
+from dimplicit.partition import StepConfig
+
+# Rows per in-memory chunk.  Rows regroup into new mini-batches every epoch only inside a
+# chunk (see dimplicit.distributed.plan), so chunks are large: data up to this size is
+# shuffled as a whole every epoch.
+MEMORY_CHUNK_ROWS = 65536
 
 
 def fit(
@@ -37,12 +42,12 @@ def fit(
     model : ImplicitModel
         Initial model (not modified).
     U : array (N × p)
-    Y : array (N × q) or (N,) class indices
+    Y : array (N × q) targets, or (N,) class indices (cross-entropy)
     config : StepConfig
         Loss, forward solver and gradient method.
     optimizer : OptimizerConfig
     epochs, batch_size, seed : int
-        Rows are visited in a fresh permutation every epoch, drawn from ``seed``.
+        The data order is the plan's (dimplicit.distributed.plan), keyed on ``seed``.
     backend : Backend, optional
         Device and dtype (default: CPU, the model's dtype).
     callback : callable, optional
@@ -57,10 +62,13 @@ def fit(
     model : ImplicitModel
         The trained model (weights on the host).
     history : list of dict
-        One record per step: ``step``, ``epoch``, ``loss``, iterations, residuals, ``lr``.
+        One record per step: ``step``, ``epoch``, ``loss``, iterations, residuals.
     """
-    U = np.asarray(U)
-    Y = np.asarray(Y)
+    from dimplicit.distributed.tasks import DataSpec
+    from dimplicit.distributed.trainer import Trainer
+
+    U = np.asarray(to_host(U))
+    Y = np.asarray(to_host(Y))
     if U.ndim != 2 or U.shape[1] != model.n_inputs:
         raise ValueError(f"U must be (N, {model.n_inputs}), got shape {U.shape}")
     if len(Y) != len(U):
@@ -70,39 +78,49 @@ def fit(
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     be = backend or get_backend("cpu", model.params["A"].dtype)
-    dev = model.astype(be)
-    state = init_state(optimizer, dev.params)
-    rng = np.random.default_rng(seed)
-    n = len(U)
-    history = []
-    step = 0
-    for epoch in range(epochs):
-        order = rng.permutation(n)
-        for start in range(0, n, batch_size):
-            t0 = time.perf_counter()
-            idx = order[start : start + batch_size]
-            Ub = be.asarray(U[idx])
-            Yb = be.asarray(Y[idx], dtype=None if Y.dtype.kind == "f" else Y.dtype)
-            res = partition_sums(dev, Ub, Yb, config)
-            grads = mean_gradients(res)
-            dev.params, state = apply_update(
-                optimizer, dev.params, grads, state, step, dev.masks, dev.kappa, dev.structure
-            )
-            rec = {"step": step, "epoch": epoch, **summarize_stats(res)}
-            rec["seconds"] = time.perf_counter() - t0
-            history.append(rec)
-            if callback is not None:
-                callback(rec)
-            step += 1
-        if epoch_callback is not None and epoch_callback(epoch, _host_model(model, dev)):
-            break
-    return _host_model(model, dev), history
+    store, task = memory_store(U, Y, config.loss, model.n_outputs)
+    spec = DataSpec(store, task, standardize=False, device=be.device, dtype=be.dtype)
+    trainer = Trainer(
+        model, spec, config=config, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
+        block_rows=batch_size, seed=seed, callback=callback, epoch_callback=epoch_callback,
+        executor="local",
+    )  # fmt: skip
+    trainer.fit()
+    trained = trainer.model_
+    trained.meta = dict(model.meta)
+    return trained, trainer.history_
 
 
-def _host_model(model, dev):
-    """A copy of ``model`` holding ``dev``'s current weights on the host."""
-    out = model.copy()
-    # Copies, so that a caller keeping an epoch's model is unaffected by later steps even
-    # where to_host returns the device array itself (NumPy backend).
-    out.params = {k: np.array(to_host(v)) for k, v in dev.params.items()}
-    return out
+def memory_store(U, Y, loss: str, n_outputs: int, split=None, chunk_rows=MEMORY_CHUNK_ROWS):
+    """An in-memory store holding ``(U, Y)``, and the task that reads ``Y`` back.
+
+    Class indices (cross-entropy) become label codes (task ``classify``); anything else
+    becomes float targets (task ``regress``: mse or bce against ``Y``).  ``split``: the
+    rows' split codes (default: all train).  Statistics are those of the train rows.
+    """
+    from dimplicit.data.preprocess import RunningStats
+    from dimplicit.data.store import StoreWriter
+
+    n, p = U.shape
+    split = np.zeros(n, dtype=np.int8) if split is None else np.asarray(split, dtype=np.int8)
+    classify = loss == "cross_entropy" and Y.ndim == 1
+    names = [f"x{j}" for j in range(p)]
+    targets = None if classify else Y.reshape(n, -1).astype(np.float32)
+    tnames = () if classify else [f"y{j}" for j in range(targets.shape[1])]
+    labels = Y.astype(np.int32) if classify else np.full(n, -1, dtype=np.int32)
+    stats = RunningStats(p)
+    stats.update(U[split == 0])
+    with StoreWriter(None, names, min(chunk_rows, max(n, 1)), target_names=tnames) as w:
+        w.append(U, labels, split, targets)
+        store = w.close(
+            {
+                "format": "generic",
+                "source": "in-memory arrays",
+                "columns": names,
+                "label_classes": [str(k) for k in range(n_outputs)] if classify else [],
+                "normal_classes": [],
+                "categories": {},
+                "stats": stats.to_attr("train split rows"),
+            }
+        )
+    return store, "classify" if classify else "regress"

@@ -27,7 +27,7 @@ def equilibrium(model, U, options: SolverOptions = SolverOptions(), X0=None):
     P = model.params
     S = model.structure  # block-sparse products for layered models (dimplicit.structure)
     A = P["A"]
-    Uproj = S.B.matmul_t(U, P["B"])  # computed once per solve (DESIGN §2)
+    Uproj = S.B.matmul_t(U, P["B"])  # computed once per solve (docs/design.md §2)
     Uproj += P["b_x"]
     act = model.activation
     if options.layerwise and S.layer_order:

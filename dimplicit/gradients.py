@@ -1,6 +1,6 @@
 """Gradients through the equilibrium: the adjoint matrix ``V = ∂L/∂Z`` by four methods.
 
-With ``S = φ'(Z)`` at the fixed point and ``G_X = G_Y C`` (DESIGN §3)::
+With ``S = φ'(Z)`` at the fixed point and ``G_X = G_Y C`` (docs/design.md §3)::
 
     implicit   V = S ⊙ (G_X + V A)                     adjoint fixed point (IFT)
     neumann    h₀ = S ⊙ G_X,  h_{k+1} = S ⊙ (h_k A),  V = Σ h_k      Szekeres & Izsák (2024)

@@ -1,7 +1,7 @@
 """Losses as *sums* over the rows of a block, with their gradient ``G_Y = ∂L/∂Ŷ``.
 
 Sums (not means) make the reduction independent of how rows are split into partitions:
-the trainer divides by the global row count once, after the reduction (DESIGN §3).
+the trainer divides by the global row count once, after the reduction (docs/design.md §3).
 Per sample, ``mse`` and ``bce`` average over the outputs, ``cross_entropy`` is the usual
 negative log-likelihood of the softmax.
 """

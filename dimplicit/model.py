@@ -1,6 +1,6 @@
 """The implicit model: weights, structure masks, activation; builders; save/load without pickle.
 
-Batch-first notation (DESIGN §1)::
+Batch-first notation (docs/design.md §1)::
 
     Z = X Aᵀ + U Bᵀ + b_x      X = φ(Z)      Ŷ = X Cᵀ + U Dᵀ + b_y
 
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dimplicit.activations import Activation
+from dimplicit.atomic import write_file
 from dimplicit.backend import to_host
 from dimplicit.structure import BlockStructure
 
@@ -123,40 +122,103 @@ class ImplicitModel:
 
     @classmethod
     def load(cls, path) -> ImplicitModel:
-        """Read a model written by :meth:`save`; clear errors for missing or malformed files."""
+        """Read a model written by :meth:`save`; one-line errors for missing or malformed files.
+
+        Every header field the library later relies on is checked here (types, solver
+        options, calibration), so a damaged file fails at load with the field's name rather
+        than deep inside scoring.
+        """
         arrays = load_npz(path, "model")
         try:
             header = json.loads(str(arrays["header"]))
-            if header.get("format") != "dimplicit-model":
-                raise ValueError("not a dimplicit model file")
+            check_model_header(header)
             params = {k: arrays[f"param/{k}"] for k in PARAM_NAMES}
             masks = {k: arrays[f"mask/{k}"] for k in MATRICES if f"mask/{k}" in arrays}
             names = header["activation"]
             spec = names[0] if len(set(names)) == 1 else names
             act = Activation(spec, params["A"].shape[0])
             return cls(params, act, masks, header.get("kappa"), header.get("meta", {}))
-        except (KeyError, ValueError, json.JSONDecodeError) as exc:
+        except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: malformed dimplicit model file ({exc})") from None
 
 
-def save_npz_atomic(path, arrays: dict) -> Path:
-    """``np.savez`` to a temporary file in the same directory, then rename over ``path``.
+def check_model_header(header) -> None:
+    """Raise ``ValueError`` naming the first malformed field of a model file's header."""
+    from dataclasses import fields
 
-    A crash mid-write leaves any existing file at ``path`` intact (rename is atomic on POSIX).
+    from dimplicit.anomaly.metrics import Calibration
+    from dimplicit.solvers import SolverOptions
+
+    def need(ok, field_name, what):
+        if not ok:
+            raise ValueError(f"header field {field_name} must be {what}")
+
+    need(isinstance(header, dict), "(top level)", "a JSON object")
+    if header.get("format") != "dimplicit-model":
+        raise ValueError("not a dimplicit model file")
+    names = header.get("activation")
+    need(
+        isinstance(names, list) and names and all(isinstance(n, str) for n in names),
+        "activation",
+        "a non-empty list of activation names",
+    )
+    kappa = header.get("kappa")
+    need(
+        kappa is None or (isinstance(kappa, int | float) and not isinstance(kappa, bool)),
+        "kappa",
+        "a number or null",
+    )
+    meta = header.get("meta", {})
+    need(isinstance(meta, dict), "meta", "a JSON object")
+    training = meta.get("training", {})
+    need(isinstance(training, dict), "meta.training", "a JSON object")
+    for key, kind, what in (
+        ("task", str, "a string"),
+        ("feature_names", list, "a list"),
+        ("label_classes", list, "a list"),
+        ("normal_classes", list, "a list"),
+    ):
+        need(key not in training or isinstance(training[key], kind), f"meta.training.{key}", what)
+    forward = training.get("forward")
+    if forward is not None:
+        need(isinstance(forward, dict), "meta.training.forward", "a JSON object")
+        known = {f.name for f in fields(SolverOptions)}
+        unknown = sorted(set(forward) - known)
+        need(not unknown, "meta.training.forward", f"solver options only (unknown: {unknown})")
+        try:
+            SolverOptions(**forward)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"header field meta.training.forward: {exc}") from None
+    scaler = training.get("scaler")
+    if scaler is not None:
+        need(
+            isinstance(scaler, dict)
+            and all(isinstance(scaler.get(k), list) for k in ("mean", "std")),
+            "meta.training.scaler",
+            "an object with lists mean and std",
+        )
+    cal = meta.get("calibration")
+    if cal is not None:
+        required = ("mean", "std", "threshold")
+        need(
+            isinstance(cal, dict)
+            and all(
+                isinstance(cal.get(k), int | float) and not isinstance(cal.get(k), bool)
+                for k in required
+            )
+            and set(cal) <= {f.name for f in fields(Calibration)},
+            "meta.calibration",
+            "an object with numbers mean, std and threshold",
+        )
+
+
+def save_npz_atomic(path, arrays: dict) -> Path:
+    """``np.savez`` to a temporary sibling, fsync, then rename over ``path``.
+
+    A crash mid-write leaves any existing file at ``path`` intact, and the next write of the
+    same path removes the temporary a killed run left (see :mod:`dimplicit.atomic`).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_file(path, lambda fh: np.savez(fh, **arrays))
 
 
 def load_npz(path, what: str = "file") -> dict:
@@ -346,6 +408,27 @@ def autoencoder_widths(n_features: int, layers: int, first: int, latent: int) ->
 ARCHS = "dense | layered:W1,W2,... | ae-v0:M,S,L | ae-v1:M,S,L | ae-dense"
 
 
+def _check_model_fits(kind, nums, n_inputs, n_outputs, hidden, dtype) -> None:
+    """Refuse, before allocating, a model whose training state would not fit in memory."""
+    from dimplicit.memory import check_fits
+
+    if kind in ("ae-v0", "ae-v1") and len(nums) == 3:
+        n = sum(autoencoder_widths(n_inputs, *nums)[1:-1])
+        what = f"architecture {kind}:{','.join(map(str, nums))} ({n} hidden neurons)"
+    elif kind == "layered":
+        n = sum(nums)
+        what = f"architecture layered ({n} hidden neurons)"
+    else:
+        n = hidden
+        what = f"a model with hidden={hidden}"
+    p, q = n_inputs, n_outputs
+    weights = n * n + n * p + q * n + q * p + n + q
+    # Built in float64 then cast; training holds weights, masks, gradients and two optimizer
+    # moments, so about six copies at the training dtype plus the float64 build.
+    itemsize = 8 if str(dtype) == "float64" else 4
+    check_fits(weights * (8 + 6 * itemsize), what)
+
+
 def build_model(
     arch: str,
     n_inputs: int,
@@ -376,6 +459,14 @@ def build_model(
         nums = [int(v) for v in args.split(",")] if args else []
     except ValueError:
         raise ValueError(f"bad architecture {arch!r}; expected {ARCHS}") from None
+    if kind in ("dense", "ae-dense") and args:
+        raise ValueError(f"architecture {kind!r} takes no sizes (got {arch!r}); use hidden")
+    if any(v < 1 for v in nums):
+        raise ValueError(f"architecture {arch!r}: every size must be a positive integer")
+    for name, value in (("hidden", hidden), ("n_inputs", n_inputs), ("n_outputs", n_outputs)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    _check_model_fits(kind, nums, n_inputs, n_outputs, hidden, dtype)
     if kind in ("dense", "ae-dense"):
         q = n_inputs if kind == "ae-dense" else n_outputs
         return dense_model(

@@ -66,6 +66,11 @@ class OptimizerConfig:
             raise ValueError("nesterov=True needs momentum > 0")
         if self.schedule == "cosine" and self.total_steps <= 0:
             raise ValueError("the cosine schedule needs total_steps > 0")
+        for name in ("warmup_steps", "total_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("weight_decay must be ≥ 0 and momentum in [0, 1)")
         object.__setattr__(self, "betas", tuple(self.betas))
 
     def to_dict(self) -> dict:
@@ -106,7 +111,7 @@ def apply_update(
     masks : dict, optional
         Structure masks; masked entries are forced back to zero.
     kappa : float, optional
-        Project the rows of ``A`` onto the ℓ1 ball of this radius (DESIGN §1).
+        Project the rows of ``A`` onto the ℓ1 ball of this radius (docs/design.md §1).
     structure : BlockStructure, optional
         The model's block structure: a layered model projects only its intra-layer blocks
         (:func:`~dimplicit.projection.project_well_posed`).

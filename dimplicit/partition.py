@@ -98,16 +98,33 @@ def combine(a: dict, b: dict) -> dict:
     }
 
 
-def tree_reduce(results: list) -> dict:
-    """Pairwise reduction in a fixed tree that depends only on the list order."""
+def tree_reduce(results: list, pair=None):
+    """Pairwise reduction in a fixed tree that depends only on the list order.
+
+    Level by level, neighbours ``(0, 1), (2, 3), …`` are merged and an odd last item moves up
+    unchanged.  Both executors reduce through this one function, so they perform the same
+    additions in the same order.
+
+    Parameters
+    ----------
+    results : list
+        Partition results, or anything ``pair`` accepts (e.g. Dask futures of them).
+    pair : callable, optional
+        ``pair(a, b, depth, index)`` merges two items; default :func:`combine` in place.
+    """
     if not results:
         raise ValueError("nothing to reduce")
-    level = list(results)
+    if pair is None:
+
+        def pair(a, b, depth, index):
+            return combine(a, b)
+
+    level, depth = list(results), 0
     while len(level) > 1:
-        nxt = [combine(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        nxt = [pair(level[i], level[i + 1], depth, i) for i in range(0, len(level) - 1, 2)]
         if len(level) % 2:
             nxt.append(level[-1])
-        level = nxt
+        level, depth = nxt, depth + 1
     return level[0]
 
 

@@ -1,7 +1,8 @@
 """Well-posedness: the row-wise ℓ1-ball projection that keeps ‖A‖∞ ≤ κ, and diagnostics.
 
 For componentwise 1-Lipschitz φ, ‖A‖∞ = max_i Σ_j |A_ij| < 1 makes ``x ↦ φ(Ax + c)`` a
-contraction in the ∞-norm (DESIGN §1), so a unique fixed point exists and Picard converges.
+contraction in the ∞-norm (docs/design.md §1), so a unique fixed point exists and Picard
+converges.
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from dimplicit.anomaly.metrics import best_f1_threshold, calibrate, classification_metrics
 from dimplicit.data.ingest import ingest_csv
-from dimplicit.data.store import open_store, standardize
+from dimplicit.data.preprocess import standardize
+from dimplicit.data.store import open_store
 from dimplicit.fit import fit
 from dimplicit.forward import predict
 from dimplicit.gradients import BackwardOptions
@@ -110,9 +111,9 @@ class Recipe:
     activation : str or None
         φ (None: the architecture's default).
     kappa : float
-        Row-ℓ1 radius kept during training (well-posedness, DESIGN §1): every row of ``A`` for
-        ``ae-dense``, the rows of the implicit latent block for the v1 models (the paper's v1
-        is unconstrained); v0 models have nothing to constrain.
+        Row-ℓ1 radius kept during training (well-posedness, docs/design.md §1): every row of
+        ``A`` for ``ae-dense``, the rows of the implicit latent block for the v1 models (the
+        paper's v1 is unconstrained); v0 models have nothing to constrain.
     tol : float
         Relative residual of the training-time forward and adjoint solves.
     backward : str

@@ -9,7 +9,8 @@ import zarr
 from dimplicit.anomaly.metrics import best_f1_threshold, calibrate, classification_metrics
 from dimplicit.anomaly.score import raw_scores_block, score_store
 from dimplicit.cli import main
-from dimplicit.data.store import open_store, standardize
+from dimplicit.data.preprocess import standardize
+from dimplicit.data.store import open_store
 from dimplicit.data.synth import synth_traffic, synth_traffic_csv
 from dimplicit.forward import predict
 from dimplicit.losses import row_rmse
@@ -154,12 +155,9 @@ def test_csv_scoring_with_unseen_categories(traffic, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_end_to_end_on_an_nsl_kdd_slice(shared_data, tmp_path, capsys):
+def test_end_to_end_on_an_nsl_kdd_slice(slice_data, tmp_path, capsys):
     """Ingest a KDDTrain+ slice, train an autoencoder on its normal rows, score, evaluate."""
-    src = shared_data / "nsl-kdd" / "KDDTrain+.txt"
-    sl = tmp_path / "slice.txt"
-    with open(src, newline="") as fh:
-        sl.write_text("".join(next(fh) for _ in range(20000)))
+    sl = slice_data / "nsl-kdd" / "KDDTrain+_slice.txt"  # 4014 rows, shipped in tests/data
     store = tmp_path / "kdd.zarr"
 
     def cli(*args):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import zarr
 
-from dimplicit.distributed.cluster import make_test_certificates, start_local_processes
+from dimplicit.testing import make_test_certificates, start_local_processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(170)]
 

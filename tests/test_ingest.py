@@ -14,15 +14,10 @@ import pytest
 from dimplicit.cli import main
 from dimplicit.data import schema
 from dimplicit.data.ingest import ingest_csv
-from dimplicit.data.store import (
-    StoreWriter,
-    as_dask,
-    assign_splits,
-    open_store,
-    standardize,
-)
+from dimplicit.data.preprocess import assign_splits, standardize
+from dimplicit.data.store import StoreWriter, as_dask, open_store
 
-KDD_ROWS = 3000
+KDD_ROWS = 4014  # rows in tests/data/nsl-kdd/KDDTrain+_slice.txt
 
 
 def _parse(path: Path) -> list[list[str]]:
@@ -32,13 +27,9 @@ def _parse(path: Path) -> list[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def kdd_csv(shared_data, tmp_path_factory) -> Path:
-    """The first 3000 rows of KDDTrain+.txt."""
-    out = tmp_path_factory.mktemp("kdd") / "kdd3000.txt"
-    with open(shared_data / "nsl-kdd" / "KDDTrain+.txt", newline="") as f:
-        lines = [next(f) for _ in range(KDD_ROWS)]
-    out.write_text("".join(lines), newline="")
-    return out
+def kdd_csv(slice_data) -> Path:
+    """The shipped KDDTrain+.txt slice (first 4000 rows + one row per value they lack)."""
+    return slice_data / "nsl-kdd" / "KDDTrain+_slice.txt"
 
 
 @pytest.fixture(scope="module")
@@ -131,21 +122,30 @@ def test_splits_deterministic_and_chunk_independent(kdd_csv, kdd_store, tmp_path
     assert a.attrs["split_fractions"] == [0.8, 0.1, 0.1] and a.attrs["split_seed"] == 0
 
 
-def test_htru2_full_file(shared_data, tmp_path):
-    src = shared_data / "htru2" / "HTRU_2.csv"
+# (data fixture, file, rows, negatives, positives): the shipped slice, and the full file
+HTRU2_FILES = {
+    "slice": ("slice_data", "HTRU_2_slice.csv", 4475, 4041, 434),
+    "full": ("full_data", "HTRU_2.csv", 17898, 16259, 1639),
+}
+
+
+@pytest.mark.parametrize("which", list(HTRU2_FILES))
+def test_htru2_file(which, request, tmp_path):
+    fixture, name, n_rows, n_neg, n_pos = HTRU2_FILES[which]
+    src = request.getfixturevalue(fixture) / "htru2" / name
     out = tmp_path / "htru2.zarr"
     report = ingest_csv(src, out, fmt="htru2", chunk_rows=4096)
     st = open_store(out)
     rows = _parse(src)  # bare CR line endings, no trailing newline
-    assert report["rows"] == st.n_rows == len(rows) == 17898
+    assert report["rows"] == st.n_rows == len(rows) == n_rows
     assert st.feature_names == schema.HTRU2_COLUMNS[:8]
     expected = np.array([[float(v) for v in r[:8]] for r in rows], dtype=np.float32)
     np.testing.assert_array_equal(st.features[:], expected)
     labels = np.asarray(st.attrs["label_classes"])[st.labels[:]]
     np.testing.assert_array_equal(labels, [r[8] for r in rows])
-    assert report["labels"] == {"0": 16259, "1": 1639}
+    assert report["labels"] == {"0": n_neg, "1": n_pos}
     assert st.attrs["normal_classes"] == ["0"]
-    assert st.is_normal(st.labels[:]).sum() == 16259
+    assert st.is_normal(st.labels[:]).sum() == n_neg
 
 
 def _htru_rows(n: int, seed: int = 0) -> list[str]:
@@ -281,7 +281,8 @@ def test_writer_aborts_on_exception(tmp_path):
 def test_as_dask_and_standardize(kdd_store):
     st = open_store(kdd_store[0])
     d = as_dask(st)
-    assert d.features.chunks[0] == d.labels.chunks[0] == d.split.chunks[0] == (1000, 1000, 1000)
+    chunks = (*[1000] * (KDD_ROWS // 1000), KDD_ROWS % 1000)  # 1000-row chunks, short tail
+    assert d.features.chunks[0] == d.labels.chunks[0] == d.split.chunks[0] == chunks
     assert d.features.chunks[1] == (125,)
     block = st.features[:1000]
     expected = (block.astype(np.float64) - st.mean) / np.where(st.std == 0, 1, st.std)

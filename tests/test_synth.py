@@ -44,7 +44,7 @@ def test_deterministic_by_seed_and_chunk_independent(traffic, tmp_path):
     np.testing.assert_array_equal(short.features[:], a.features[:10000])
 
 
-def test_layout_and_attrs(traffic, shared_data, tmp_path):
+def test_layout_and_attrs(traffic, slice_data, tmp_path):
     st, report = traffic
     assert st.n_rows == report["rows"] == ROWS
     assert st.attrs["format"] == "synthetic-traffic"
@@ -61,7 +61,7 @@ def test_layout_and_attrs(traffic, shared_data, tmp_path):
     assert st.attrs["normal_classes"] == ["normal"]
     # identical feature layout to an ingested NSL-KDD file
     kdd = tmp_path / "kdd.txt"
-    with open(shared_data / "nsl-kdd" / "KDDTrain+.txt", newline="") as f:
+    with open(slice_data / "nsl-kdd" / "KDDTrain+_slice.txt", newline="") as f:
         kdd.write_text("".join(next(f) for _ in range(200)), newline="")
     ingested = open_store(ingest_csv(kdd, tmp_path / "kdd.zarr")["store"])
     assert st.feature_names == ingested.feature_names

@@ -71,7 +71,7 @@ def test_training_learns_and_reports(teacher_store, tmp_path):
     assert s["val_loss"] is not None and s["samples_per_s"] > 0
     lines = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert sum(r["kind"] == "step" for r in lines) == 24
-    assert sum(r["kind"] == "epoch" for r in lines) == 4
+    assert sum(r["kind"] == "eval" for r in lines) == 4
 
 
 def test_same_data_visits_every_training_row_once_per_epoch(teacher_store):
@@ -125,7 +125,7 @@ def test_refuses_to_overwrite_checkpoints_without_resume(teacher_store, tmp_path
     ck = tmp_path / "ck"
     run_on(1, make_trainer(teacher_store, epochs=1, checkpoint_dir=ck))
     before = {p.name: p.read_bytes() for p in ck.iterdir()}
-    with pytest.raises(ValueError, match="--resume"):
+    with pytest.raises(ValueError, match="resume=True"):
         run_on(1, make_trainer(teacher_store, epochs=1, checkpoint_dir=ck))
     assert {p.name: p.read_bytes() for p in ck.iterdir()} == before
 
@@ -296,3 +296,62 @@ def test_early_stopping_stops_when_validation_stops_improving(teacher_store):
     assert t.summary_["stopped_early"]
     assert t.summary_["steps"] < 10 * 6
     assert t.summary_["best_val_loss"] < t.summary_["val_loss"]
+
+
+# ----------------------------------------------------------------------------- executors
+
+
+def test_local_and_dask_executors_give_bitwise_the_same_weights(teacher_store):
+    """One plan, two executors: in-process, 1-worker and 2-worker Dask agree to the bit."""
+    opts = dict(epochs=3, eval_every=5, select_best="val_accuracy")
+    local = make_trainer(teacher_store, executor="local", **opts).fit()
+    assert local.summary_["executor"] == "local"
+    hashes = {"local": local.summary_["weights_sha256"]}
+    for w in (1, 2):
+        t = run_on(w, make_trainer(teacher_store, executor="dask", **opts))
+        assert t.summary_["executor"] == "dask"
+        hashes[f"dask-{w}"] = t.summary_["weights_sha256"]
+    assert len(set(hashes.values())) == 1, hashes
+    assert [r["val_accuracy"] for r in local.evaluations_] == [
+        r["val_accuracy"] for r in t.evaluations_
+    ]
+
+
+def test_select_best_restores_the_best_evaluation(teacher_store):
+    """A learning rate far too large: later evaluations are worse; the best one is kept."""
+    from dimplicit.model import weights_sha256
+
+    bad = OptimizerConfig("sgd", lr=10.0, momentum=0.9)
+    kept = {}
+
+    def remember(epoch, model):
+        kept[epoch] = weights_sha256(model.params)
+
+    t = make_trainer(
+        teacher_store, executor="local", epochs=6, optimizer=bad, select_best="val_loss",
+        epoch_callback=remember,
+    ).fit()  # fmt: skip
+    losses = [r["val_loss"] for r in t.evaluations_]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert best < len(losses) - 1, losses  # the last evaluation is not the best
+    assert t.best_ == {"metric": "val_loss", "value": losses[best], "step": (best + 1) * 6}
+    assert t.summary_["weights_sha256"] == kept[best] != kept[len(losses) - 1]
+
+
+def test_patience_keeps_the_best_not_the_last_weights(teacher_store):
+    bad = OptimizerConfig("sgd", lr=10.0, momentum=0.9)
+    t = make_trainer(teacher_store, executor="local", epochs=20, patience=2, optimizer=bad).fit()
+    assert t.summary_["stopped_early"]
+    assert t.best_["metric"] == "val_loss"
+    assert t.best_["value"] == min(r["val_loss"] for r in t.evaluations_)
+    assert t.best_["value"] < t.evaluations_[-1]["val_loss"]
+
+
+def test_keep_best_survives_a_resume(teacher_store, tmp_path):
+    bad = OptimizerConfig("sgd", lr=10.0, momentum=0.9)
+    opts = dict(executor="local", epochs=6, optimizer=bad, select_best="val_loss")
+    full = make_trainer(teacher_store, **opts).fit().summary_["weights_sha256"]
+    ck = tmp_path / "ck"
+    make_trainer(teacher_store, checkpoint_dir=ck, checkpoint_every=6, max_steps=24, **opts).fit()
+    resumed = make_trainer(teacher_store, checkpoint_dir=ck, resume=True, **opts).fit()
+    assert resumed.summary_["weights_sha256"] == full

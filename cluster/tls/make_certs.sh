@@ -13,7 +13,7 @@
 #                                workers also connect to the scheduler and to each other)
 #   client.pem, client-key.pem   for clients (dimplicit train/score, notebooks)
 # Every party must get ca.pem plus its own certificate and key. Keys are created mode 0600.
-# The Python equivalent (for tests) is dimplicit.distributed.cluster.make_test_certificates.
+# The Python equivalent (for tests) is dimplicit.testing.make_test_certificates.
 set -euo pipefail
 
 DIR=${1:?usage: $0 DIR}

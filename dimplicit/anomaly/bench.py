@@ -17,7 +17,7 @@ from dimplicit.anomaly.score import score_store
 from dimplicit.bench import peak_rss_mb
 from dimplicit.data.store import open_store
 from dimplicit.data.synth import synth_traffic
-from dimplicit.distributed.cluster import connect
+from dimplicit.distributed.connect import connect
 from dimplicit.model import build_model
 
 

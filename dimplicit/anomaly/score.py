@@ -3,84 +3,98 @@
 The computation is a ``dask.array`` over the input's Zarr chunks (``map_blocks``), stored with
 ``da.store`` into output arrays whose chunks are aligned with the input's, so every task reads
 one chunk and writes one chunk: memory stays at a few chunks per worker whatever the row count.
-The output is built in a temporary sibling directory and renamed into place on success.
+The output is built in a temporary sibling directory and renamed into place on success
+(:func:`dimplicit.predict.write_output`).
+
+Which models have an anomaly score: autoencoders (reconstruction RMSE) and classifiers whose
+training labels had normal classes (the probability of the non-normal classes; flagged above
+0.5 unless calibrated).  Regression models and classifiers without normal classes do not:
+scoring them is an error that points to ``dimplicit predict``.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
-import uuid
-from pathlib import Path
 
 import dask
 import dask.array as da
 import numpy as np
-import zarr
 
 from dimplicit.anomaly.metrics import Calibration, calibrate
-from dimplicit.data.store import as_dask, open_store, standardize
-from dimplicit.forward import predict
+from dimplicit.data.store import SCORES_FORMAT, SPLIT_CODES, as_dask, open_store, publish_output
 from dimplicit.losses import row_rmse
+from dimplicit.predict import (
+    blocks,
+    check_model_fits,
+    forward_options,
+    model_task,
+    open_output,
+    softmax,
+    solve_block,
+    write_output,
+)
 from dimplicit.solvers import SolverOptions
-from dimplicit.solvers.result import relative_residual
 
-SCORES_FORMAT = "dimplicit-scores"
+#: Without a calibration, a classifier flags a row when its non-normal classes are more
+#: probable than its normal ones.
+CLASSIFIER_THRESHOLD = 0.5
+
+
+def _normal_codes(model) -> list[int]:
+    train = model.meta.get("training", {})
+    classes = list(train.get("label_classes") or [])
+    return [classes.index(c) for c in train.get("normal_classes") or [] if c in classes]
+
+
+def anomaly_task(model) -> str:
+    """The model's task if it has an anomaly score, else a one-line ``ValueError``.
+
+    Autoencoders score a row by its reconstruction RMSE; classifiers trained on labels with
+    normal classes by the probability of the non-normal classes.  Regression models and
+    classifiers without normal classes have no anomaly score: their outputs come from
+    :func:`dimplicit.predict.predict_store` (``dimplicit predict``).
+    """
+    task = model_task(model)
+    if task == "autoencode" or (task == "classify" and _normal_codes(model)):
+        return task
+    what = "a regress model" if task == "regress" else "a classify model without normal classes"
+    raise ValueError(
+        f"the model is {what}, which has no anomaly score; use 'dimplicit predict' for its "
+        "predictions (and 'dimplicit evaluate' for their metrics)"
+    )
 
 
 def raw_scores_block(U, model, options: SolverOptions):
     """Raw anomaly score of every row of a (raw-feature) block.
 
-    Autoencoders: reconstruction RMSE of the standardised features.  Classifiers: the
-    probability mass on non-normal classes.  Non-converged rows score ``inf`` (never silently
-    normal).
+    Autoencoders: reconstruction RMSE of the standardised features.  Classifiers with normal
+    classes: the probability mass on non-normal classes.  Other models: ``ValueError`` (see
+    :func:`anomaly_task`).  Non-converged rows score ``inf`` (never silently normal).
     """
-    train = model.meta.get("training", {})
-    U = np.asarray(U, dtype=model.params["A"].dtype)
+    task = anomaly_task(model)
     if U.shape[0] == 0:
         return np.zeros(0, dtype=np.float32)
-    scaler = train.get("scaler")
-    if scaler is not None:
-        U = standardize(U.copy(), np.asarray(scaler["mean"]), np.asarray(scaler["std"]))
-    Yhat, X, stats = predict(model, U, options)
-    if train.get("task", "autoencode") == "autoencode":
+    U, Yhat, converged = solve_block(U, model, options)
+    if task == "autoencode":
         s = row_rmse(Yhat, U)
     else:
-        classes = train.get("label_classes", [])
-        normal = [classes.index(c) for c in train.get("normal_classes", []) if c in classes]
-        z = Yhat - Yhat.max(axis=1, keepdims=True)
-        P = np.exp(z)
-        P /= P.sum(axis=1, keepdims=True)
-        s = 1.0 - P[:, normal].sum(axis=1)
-    if not stats.converged:
-        # Rows whose solve did not converge get an infinite score: flagged and counted, never
-        # silently normal.  One more application of the map gives each row's own residual.
-        P, S = model.params, model.structure
-        fx = model.activation.apply_(S.A.matmul_t(X, P["A"]) + S.B.matmul_t(U, P["B"]) + P["b_x"])
-        r = relative_residual(fx, X, np)
-        s = np.where(r < options.tol, s, np.inf)
-    return s.astype(np.float32)
-
-
-def _options(model) -> SolverOptions:
-    fwd = model.meta.get("training", {}).get("forward")
-    return SolverOptions(**fwd) if fwd else SolverOptions()
+        s = 1.0 - softmax(Yhat)[:, _normal_codes(model)].sum(axis=1)
+    # Rows whose solve did not converge get an infinite score: flagged and counted, never
+    # silently normal.
+    return np.where(converged, s, np.inf).astype(np.float32)
 
 
 def _raw_scores(features, model, options):
     """Lazy per-row raw scores of a dask feature array, one task per chunk."""
-    # The model goes in once as a delayed object, not copied into every task.
-    return features.map_blocks(
-        raw_scores_block, dask.delayed(model), options, drop_axis=1, dtype=np.float32
-    )
+    return blocks(features, raw_scores_block, model, options, None)
 
 
 def calibrate_on_store(model, store_path, split: str = "validation", client=None) -> Calibration:
     """Calibrate the z-score and the F1-optimal threshold on a store's validation rows."""
     store = open_store(store_path)
-    code = {"train": 0, "validation": 1, "test": 2}[split]
+    code = SPLIT_CODES[split]
     arrays = as_dask(store)
-    raw = _raw_scores(arrays.features, model, _options(model))
+    raw = _raw_scores(arrays.features, model, forward_options(model))
     keep = arrays.split == code
     r, labels, k = dask.compute(raw, arrays.labels, keep)
     r, labels = r[k], labels[k]
@@ -120,6 +134,9 @@ def score_store(
     calibration: Calibration | None = None,
     overwrite: bool = False,
     options: SolverOptions | None = None,
+    protect=(),
+    quiet: bool = False,
+    kind: str = SCORES_FORMAT,
 ) -> dict:
     """Score every row of store ``data`` into a new store at ``out``.
 
@@ -129,87 +146,77 @@ def score_store(
     Parameters
     ----------
     model : ImplicitModel
-        A trained model whose ``meta["training"]`` holds the scaler (see the trainer).
+        A trained model whose ``meta["training"]`` holds the scaler (see the trainer): an
+        autoencoder, or a classifier whose training labels had normal classes (its raw
+        score is the probability of the non-normal classes).  Any other model is a
+        ``ValueError`` pointing to :func:`dimplicit.predict.predict_store`.
     data : path
         Input store (``dimplicit ingest`` / ``dimplicit synth`` output).
     out : path
-        Output store; refused if it exists unless ``overwrite``.
+        Output store; refused if it exists unless ``overwrite``, and even then unless it is
+        an earlier output of the same ``kind`` (see :func:`dimplicit.data.store.check_output`).
     calibration : Calibration, optional
-        Default: ``model.meta["calibration"]``; without one, ``score`` equals ``raw_score`` and
-        nothing is flagged.
+        Default: ``model.meta["calibration"]``.  Without one, an autoencoder's ``score``
+        equals ``raw_score`` and nothing is flagged; a classifier's too, and a row is flagged
+        when its raw score exceeds :data:`CLASSIFIER_THRESHOLD` (0.5).
+    protect : sequence of paths
+        Further inputs (the model file, its checkpoint directory) that ``out`` may not touch;
+        the input store always is.
+    quiet : bool
+        No progress bar on stderr (it is shown only on a terminal anyway).
+    kind : str
+        ``SCORES_FORMAT`` (``dimplicit score``) or ``PREDICTIONS_FORMAT`` (``dimplicit
+        predict`` of an autoencoder: the same arrays, with ``attrs["task"]``).
     """
+    task = anomaly_task(model)
     store = open_store(data)
-    if store.n_features != model.n_inputs:
-        raise ValueError(
-            f"{store.path} has {store.n_features} features but the model expects {model.n_inputs}"
-        )
-    train_names = model.meta.get("training", {}).get("feature_names")
-    if train_names is not None and list(train_names) != store.feature_names:
-        raise ValueError(
-            f"{store.path}: feature layout differs from the training store's; ingest it with "
-            "--reference TRAINING_STORE so categories map to the same columns"
-        )
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    check_model_fits(model, store)
     if calibration is None and "calibration" in model.meta:
         calibration = Calibration(**model.meta["calibration"])
-    opts = options or _options(model)
+    calibrated = calibration is not None
+    if calibration is None and task == "classify":
+        calibration = Calibration(0.0, 1.0, CLASSIFIER_THRESHOLD)
+    opts = options or forward_options(model)
     t0 = time.perf_counter()
-    arrays = as_dask(store)
-    raw = _raw_scores(arrays.features, model, opts)
+    raw = _raw_scores(as_dask(store).features, model, opts)
     if calibration is not None:
         z = ((raw - calibration.mean) / (calibration.std or 1.0)).astype(np.float32)
         flag = z > calibration.threshold
     else:
         z, flag = raw, da.zeros_like(raw, dtype=bool)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        group = zarr.open_group(tmp, mode="w-", zarr_format=3)
-        chunks = (store.chunk_rows,)
-        targets = [
-            group.create_array(name, shape=(store.n_rows,), chunks=chunks, dtype=dt)
-            for name, dt in (("raw_score", "float32"), ("score", "float32"), ("is_anomaly", "bool"))
-        ]
-        da.store([raw, z, flag], targets, lock=False)
-        n_flag = int(da.from_zarr(targets[2]).sum().compute())
-        n_inf = int((~da.isfinite(da.from_zarr(targets[0]))).sum().compute())
-        group.attrs.update(
-            {
-                "format": SCORES_FORMAT,
-                "source": str(store.path),
-                "rows": store.n_rows,
-                "chunk_rows": store.chunk_rows,
-                "calibration": calibration.to_dict() if calibration else None,
-                "flagged": n_flag,
-                "unconverged_rows": n_inf,
-            }
-        )
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    def summarize(group):
+        return {
+            "flagged": int(da.from_zarr(group["is_anomaly"]).sum().compute()),
+            "unconverged_rows": int((~da.isfinite(da.from_zarr(group["raw_score"]))).sum()
+                                    .compute()),
+        }  # fmt: skip
+
+    attrs = {"calibration": calibration.to_dict() if calibration else None}
+    if kind != SCORES_FORMAT:
+        attrs["task"] = task
+    columns = [("raw_score", raw, "float32"), ("score", z, "float32"), ("is_anomaly", flag, "bool")]
+    written = write_output(
+        store, out, kind, columns, attrs, overwrite=overwrite, protect=protect,
+        summarize=summarize, desc="score", quiet=quiet,
+        publish=publish_output,  # this module's name, looked up now (tests replace it)
+    )  # fmt: skip
     seconds = time.perf_counter() - t0
     return {
         "rows": store.n_rows,
-        "flagged": n_flag,
-        "unconverged_rows": n_inf,
+        "flagged": written["flagged"],
+        "unconverged_rows": written["unconverged_rows"],
         "seconds": seconds,
         "rows_per_s": store.n_rows / seconds if seconds > 0 else None,
         "out": str(out),
-        "calibrated": calibration is not None,
+        "calibrated": calibrated,
     }
 
 
 def open_scores(path):
-    """Open a scores store; a clear error if it is not one."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no scores store at {path}")
-    g = zarr.open_group(path, mode="r", zarr_format=3)
-    if g.attrs.get("format") != SCORES_FORMAT:
-        raise ValueError(f"{path} is not a dimplicit scores store")
+    """Open an output of anomaly scores (``dimplicit score``, or ``dimplicit predict`` of an
+    autoencoder); a one-line error if it is something else."""
+    g, task = open_output(path)
+    if "raw_score" not in g:
+        raise ValueError(f"{path} holds {task} predictions, not anomaly scores")
     return g

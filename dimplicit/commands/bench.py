@@ -2,24 +2,42 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+
+from dimplicit.commands._cluster import add_workers_argument
+from dimplicit.commands._options import BATCH_SIZE_HELP, METHOD_HELP, positive_int
 
 
 def _add_model_arguments(parser, hidden: int):
     """Flags shared by the training benchmarks: the model's shape, method and precision."""
     parser.add_argument(
-        "--hidden", type=int, default=hidden, help=f"hidden neurons n (default {hidden})"
-    )
-    parser.add_argument("--inputs", type=int, default=64, help="input features p (default 64)")
-    parser.add_argument("--outputs", type=int, default=10, help="outputs q (default 10)")
-    parser.add_argument(
-        "--method",
-        default="implicit",
-        help="gradient method: implicit, neumann, jfb, phantom-K (default implicit)",
+        "--hidden", type=positive_int, default=hidden, metavar="N", help="hidden neurons n"
     )
     parser.add_argument(
-        "--dtype", choices=["float32", "float64"], default="float32", help="precision"
+        "--inputs", type=positive_int, default=64, metavar="N", help="input features p"
     )
+    parser.add_argument("--outputs", type=positive_int, default=10, metavar="N", help="outputs q")
+    parser.add_argument("--method", default="implicit", help=METHOD_HELP)
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default="float32",
+        help="floating type of weights and computations",
+    )
+
+
+def _counts(text: str) -> list[int]:
+    """argparse type of ``--worker-counts``: comma-separated positive integers."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers like 1,2,4, got {text!r}"
+        )
+    return values
 
 
 def add_parser(sub):
@@ -30,20 +48,45 @@ def add_parser(sub):
         "core",
         help="train a dense model for a few steps in-process; GFLOP/s vs measured GEMM peak",
         description="Train a dense relu implicit model on random data for a few steps and print "
-        "samples/s, iterations, achieved GFLOP/s (DESIGN §6 flop count), the GEMM peak measured "
-        "in the same run, fraction_of_peak and peak RSS.",
+        "samples/s, iterations, achieved GFLOP/s (flop count of docs/design.md §6), the GEMM "
+        "peak measured in the same run, fraction_of_peak and peak RSS.",
     )
     _add_model_arguments(c, hidden=1024)
-    c.add_argument("--batch", type=int, default=4096, help="rows per step b (default 4096)")
     c.add_argument(
-        "--solver", choices=["picard", "anderson"], default="picard", help="forward solver"
+        "--batch-size", type=positive_int, default=4096, metavar="N", help=BATCH_SIZE_HELP
     )
-    c.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up (default 5)")
-    c.add_argument("--tol", type=float, default=1e-4, help="relative residual per sample")
-    c.add_argument("--max-iter", type=int, default=100, help="iteration limit per solve")
-    c.add_argument("--threads", type=int, default=None, help="BLAS threads (default: all)")
+    c.add_argument("--batch", type=positive_int, dest="batch_size", help=argparse.SUPPRESS)
     c.add_argument(
-        "--device", choices=["cpu", "gpu"], default="cpu", help="NumPy (cpu) or CuPy (gpu)"
+        "--solver",
+        choices=["picard", "anderson"],
+        default="picard",
+        help="forward (and implicit-backward) solver",
+    )
+    c.add_argument(
+        "--steps", type=positive_int, default=5, metavar="N", help="timed steps after one warm-up"
+    )
+    c.add_argument(
+        "--tol",
+        type=float,
+        default=1e-4,
+        help="relative residual per sample at which a solve stops",
+    )
+    c.add_argument(
+        "--max-iter", type=positive_int, default=100, metavar="N", help="iteration limit per solve"
+    )
+    c.add_argument(
+        "--blas-threads",
+        type=positive_int,
+        default=None,
+        metavar="B",
+        help="BLAS/OpenMP threads of this process (default: all cores)",
+    )
+    c.add_argument("--threads", type=positive_int, dest="blas_threads", help=argparse.SUPPRESS)
+    c.add_argument(
+        "--device",
+        choices=["cpu", "gpu"],
+        default="cpu",
+        help="run partition computations with NumPy (cpu) or CuPy (gpu)",
     )
     c.add_argument("--tf32", action="store_true", help="GPU float32: allow TF32 GEMMs")
     c.set_defaults(func=run_core)
@@ -51,40 +94,54 @@ def add_parser(sub):
     d = bsub.add_parser(
         "distributed",
         help="samples/s with 1 and 2 Dask workers, speedup and scheduler overhead",
-        description="Train the same model on the same Zarr data with 1 and with 2 single-threaded "
-        "workers and print samples/s, speedup and the per-step overhead fraction.",
+        description="Train the same model on the same Zarr data on local clusters of each of "
+        "--worker-counts single-threaded workers (1 and 2 by default) and print samples/s, "
+        "speedup and the per-step overhead fraction.",
     )
     _add_model_arguments(d, hidden=512)
-    d.add_argument("--block-rows", type=int, default=8192, help="rows per partition (default 8192)")
+    d.add_argument(
+        "--block-rows", type=positive_int, default=8192, metavar="N", help="rows per partition"
+    )
     d.add_argument(
         "--blocks-per-step",
-        type=int,
+        type=positive_int,
         default=4,
-        help="partitions in one step's global batch (default 4)",
+        metavar="N",
+        help="partitions in one step's global batch",
     )
-    d.add_argument("--steps", type=int, default=6, help="timed steps per run (default 6)")
-    d.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
+    d.add_argument("--steps", type=positive_int, default=6, metavar="N", help="timed steps per run")
+    d.add_argument(
+        "--worker-counts",
+        type=_counts,
+        default=[1, 2],
+        metavar="COUNTS",
+        help="comma-separated worker counts, one run with a local cluster of each (default: 1,2)",
+    )
+    d.add_argument("--workers", type=_counts, dest="worker_counts", help=argparse.SUPPRESS)
     d.set_defaults(func=run_distributed)
 
     s = bsub.add_parser(
         "score",
         help="out-of-core scoring: rows/s and peak memory of client and workers",
         description="Score N synthetic rows (generated into a temporary store) with an implicit "
-        "autoencoder on local worker processes; report rows/s and peak RSS. Compare --rows "
-        "1000000 with --rows 10000000: memory must not grow.",
+        "autoencoder on local worker processes, one thread each; report rows/s and peak RSS. "
+        "Compare --rows 1000000 with --rows 10000000: memory must not grow.",
     )
     s.add_argument(
-        "--rows", type=int, default=1_000_000, help="synthetic rows to score (default 1000000)"
+        "--rows", type=positive_int, default=1_000_000, metavar="N", help="synthetic rows to score"
     )
     s.add_argument(
         "--arch",
         default="ae-v1:5,32,16",
-        help="autoencoder architecture, randomly initialised (default ae-v1:5,32,16)",
+        help="autoencoder architecture, randomly initialised",
     )
+    add_workers_argument(s)
     s.add_argument(
-        "--workers", type=int, default=2, help="local worker processes, 1 thread each (default 2)"
+        "--data",
+        default=None,
+        metavar="PATH",
+        help="score this store instead of synthetic rows (default: none)",
     )
-    s.add_argument("--data", default=None, help="score this store instead of synthetic rows")
     s.set_defaults(func=run_score)
 
 
@@ -93,7 +150,7 @@ def run_core(args) -> int:
 
     out = bench_core(
         hidden=args.hidden,
-        batch=args.batch,
+        batch=args.batch_size,
         inputs=args.inputs,
         outputs=args.outputs,
         method=args.method,
@@ -102,7 +159,7 @@ def run_core(args) -> int:
         steps=args.steps,
         tol=args.tol,
         max_iter=args.max_iter,
-        threads=args.threads,
+        threads=args.blas_threads,
         device=args.device,
         tf32=args.tf32,
     )
@@ -122,7 +179,7 @@ def run_distributed(args) -> int:
         steps=args.steps,
         method=args.method,
         dtype=args.dtype,
-        workers=[int(w) for w in args.workers.split(",")],
+        workers=args.worker_counts,
     )
     print(json.dumps(out))
     return 0
@@ -131,5 +188,5 @@ def run_distributed(args) -> int:
 def run_score(args) -> int:
     from dimplicit.anomaly.bench import bench_score
 
-    print(json.dumps(bench_score(args.rows, args.arch, args.workers, args.data)))
+    print(json.dumps(bench_score(args.rows, args.arch, args.workers or 1, args.data)))
     return 0

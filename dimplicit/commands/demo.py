@@ -11,6 +11,9 @@ import json
 import sys
 from pathlib import Path
 
+from dimplicit.commands._cluster import add_cluster_arguments
+from dimplicit.commands._options import add_quiet_argument, positive_int, seed
+
 
 def add_parser(sub):
     p = sub.add_parser(
@@ -18,12 +21,17 @@ def add_parser(sub):
         help="generate traffic, train an implicit autoencoder, score, evaluate, plot",
         description=__doc__.split("\n\n")[1],
     )
-    p.add_argument("--rows", type=int, default=200_000, help="synthetic rows (default 200000)")
-    p.add_argument("--workdir", default="runs/demo", help="where stores, model, plots go")
-    p.add_argument("--arch", default="ae-v1:5,32,16", help="model (default ae-v1:5,32,16)")
-    p.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
-    p.add_argument("--workers", type=int, default=2, help="local Dask workers (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data, weights and order")
+    p.add_argument("--rows", type=positive_int, default=200_000, metavar="N", help="synthetic rows")
+    p.add_argument(
+        "--workdir", default="runs/demo", metavar="DIR", help="where stores, model, plots go"
+    )
+    p.add_argument("--arch", default="ae-v1:5,32,16", help="the autoencoder's architecture")
+    p.add_argument("--epochs", type=positive_int, default=3, metavar="N", help="training epochs")
+    p.add_argument(
+        "--seed", type=seed, default=0, metavar="S", help="seed of data, weights and data order"
+    )
+    add_quiet_argument(p)
+    add_cluster_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -32,15 +40,16 @@ def run(args) -> int:
 
     from dimplicit.anomaly import evaluate, plot, score_store
     from dimplicit.anomaly.score import calibrate_model
+    from dimplicit.commands._cluster import connect_from_args
     from dimplicit.data.store import open_store
     from dimplicit.data.synth import synth_traffic
-    from dimplicit.distributed.cluster import connect
     from dimplicit.distributed.tasks import DataSpec
     from dimplicit.distributed.trainer import Trainer
     from dimplicit.gradients import BackwardOptions
     from dimplicit.model import build_model
     from dimplicit.optim import OptimizerConfig
     from dimplicit.partition import StepConfig
+    from dimplicit.progress import progress_enabled
     from dimplicit.solvers import SolverOptions
 
     work = Path(args.workdir)
@@ -64,15 +73,17 @@ def run(args) -> int:
         block_rows=2048,
         seed=args.seed,
         checkpoint_dir=ckpt,
-        progress=sys.stderr.isatty(),
+        progress=progress_enabled(args.quiet),
     )
-    with connect(workers=args.workers, threads_per_worker=1) as client:
-        say(f"training {args.arch} on the normal training rows, {args.workers} workers")
+    with connect_from_args(args) as client:
+        say(f"training {args.arch} on the normal training rows, {len(client.nthreads())} workers")
         trainer.fit(client)
         say("calibrating on the validation rows")
         cal = calibrate_model(trainer.model_, store, trainer.summary_["model"])
         say("scoring every row")
-        scored = score_store(trainer.model_, data, work / "scores.zarr", overwrite=True)
+        scored = score_store(
+            trainer.model_, data, work / "scores.zarr", overwrite=True, quiet=args.quiet
+        )
     metrics = evaluate(work / "scores.zarr", split="test")
     plots = plot(work / "scores.zarr", work / "plots", split="test")
     summary = {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from dimplicit.commands._options import positive_int, seed
+
 
 def add_parser(sub):
     p = sub.add_parser(
@@ -17,8 +19,10 @@ def add_parser(sub):
             "for jfb and phantom-k."
         ),
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random models (default 0)")
-    p.add_argument("--k", type=int, default=3, help="terms of the phantom-k gradient (default 3)")
+    p.add_argument("--seed", type=seed, default=0, metavar="S", help="seed of the random models")
+    p.add_argument(
+        "--k", type=positive_int, default=3, metavar="K", help="terms of the phantom-k gradient"
+    )
     p.set_defaults(func=run)
 
 

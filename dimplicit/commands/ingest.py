@@ -1,4 +1,4 @@
-"""``dimplicit ingest``: convert a CSV file to a dimplicit Zarr store."""
+"""``dimplicit ingest``: convert CSV/TSV, Parquet or an existing Zarr array to a store."""
 
 from __future__ import annotations
 
@@ -6,110 +6,141 @@ import argparse
 import json
 import sys
 
-from dimplicit.data.ingest import BAD_ROW_POLICIES, INGEST_FORMATS, STATS_ROWS, ingest_csv
+from dimplicit.commands._types import positive_int, seed, separator, split_fractions
+from dimplicit.data.accumulate import BAD_ROW_POLICIES, STATS_ROWS
+from dimplicit.data.sources import SOURCE_FORMATS
 from dimplicit.data.store import DEFAULT_CHUNK_ROWS
 
-
-def _fractions(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected three comma-separated fractions like 0.8,0.1,0.1, got {text!r}"
-        ) from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+# Options that only mean something for one kind of input, by argparse dest.
+_FILE_ONLY = ("fmt", "label", "categorical", "target", "ignore", "header", "sep", "comment")
+_ZARR_ONLY = ("zarr_labels", "zarr_targets")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``ingest`` on the top-level sub-parsers."""
     p = subparsers.add_parser(
         "ingest",
-        help="convert a CSV file (NSL-KDD, HTRU2, generic) to a Zarr store",
+        help="convert CSV/TSV (NSL-KDD, HTRU2, generic, Zeek), Parquet or a Zarr array to a "
+        "store",
         description=(
-            "Stream a CSV file into a dimplicit Zarr store: float32 features (categorical "
-            "columns one-hot encoded, with an explicit <unknown> slot), integer labels, a "
-            "deterministic train/validation/test split and normalisation statistics, all in "
-            "one pass with bounded memory. Prints one JSON report on stdout; bad rows are "
-            "summarised on stderr."
+            "Stream a CSV/TSV file, Parquet data (a file, a directory or a glob) or an existing "
+            "Zarr array into a dimplicit Zarr store: float32 features (categorical columns "
+            "one-hot encoded, with an explicit <unknown> slot), integer labels, optional float "
+            "regression targets, a deterministic train/validation/test split and normalisation "
+            "statistics, all in one pass with bounded memory. Prints one JSON report on "
+            "stdout; bad rows are summarised on stderr."
         ),
     )
-    p.add_argument("csv", metavar="CSV", help="input CSV file (any line endings)")
+    p.add_argument(
+        "input",
+        nargs="?",
+        metavar="INPUT",
+        help="CSV/TSV file (any line endings), Parquet file, directory of Parquet files, or a "
+        "quoted glob like 'logs/*.parquet' (or use --zarr-features)",
+    )
     p.add_argument("--out", required=True, metavar="STORE", help="Zarr store to create")
     p.add_argument(
         "--format",
         dest="fmt",
-        choices=INGEST_FORMATS,
-        default="nsl-kdd",
-        help="column layout: nsl-kdd (43 columns, label + difficulty), htru2 (8 features + "
-        "class) or generic (all numeric except --label and --categorical); default nsl-kdd",
+        choices=SOURCE_FORMATS,
+        default=None,
+        help="input layout: nsl-kdd (43 columns, label + difficulty), htru2 (8 features + "
+        "class), generic (all numeric except --label, --target, --categorical, --ignore) or "
+        "parquet (column kinds from the schema); default: detected from the file name and "
+        "first rows, and said in the report",
     )
-    p.add_argument(
+    cols = p.add_argument_group("columns (generic CSV/TSV and Parquet)")
+    cols.add_argument(
         "--label",
         metavar="COL",
-        help="generic only: label column, by name (with --header) or 0-based index; "
-        "without it the store is unlabelled",
+        help="label column (classes), by name or 0-based index; without it the store is "
+        "unlabelled",
     )
-    p.add_argument(
+    cols.add_argument(
+        "--target",
+        metavar="COLS",
+        default="",
+        help="comma-separated float regression target columns (names or 0-based indices), "
+        "stored as targets for 'train --task regress'; a non-numeric value is a bad row",
+    )
+    cols.add_argument(
         "--categorical",
         metavar="COLS",
         default="",
-        help="generic only: comma-separated categorical columns (names or 0-based indices); "
-        "their vocabularies come from a quick first pass, or from --reference",
+        help="comma-separated categorical columns (names or 0-based indices); their "
+        "vocabularies come from a quick first pass, or from --reference (Parquet: text "
+        "columns are categorical without being listed)",
     )
-    p.add_argument(
+    cols.add_argument(
+        "--ignore",
+        metavar="COLS",
+        default="",
+        help="comma-separated columns to leave out (identifiers, timestamps, addresses)",
+    )
+    cols.add_argument(
         "--normal",
         metavar="LABELS",
         default="",
-        help="generic only: comma-separated label values that count as normal",
+        help="comma-separated label values that count as normal",
     )
-    p.add_argument(
+    text = p.add_argument_group("text files")
+    text.add_argument(
         "--header",
         action="store_true",
         help="the first row is a header (generic: it names the columns; otherwise skipped)",
     )
+    text.add_argument(
+        "--sep",
+        type=separator,
+        default=None,
+        metavar="SEP",
+        help="field separator: one character, or tab (also '\\t'), comma, space, semicolon, "
+        "pipe (default: tab for .tsv files and Zeek logs, else comma)",
+    )
+    text.add_argument(
+        "--comment",
+        metavar="PREFIX",
+        default=None,
+        help="skip lines starting with PREFIX, e.g. '#' for Zeek logs, whose '#fields' line "
+        "then names the columns (default: none; '#' for files starting with '#separator')",
+    )
+    zarr = p.add_argument_group("existing Zarr arrays (instead of INPUT)")
+    zarr.add_argument(
+        "--zarr-features",
+        metavar="PATH[:ARRAY]",
+        help="adopt this (N, p) array as the features; a group without :ARRAY gives its "
+        "'features' array, and its 'labels'/'targets' arrays when present",
+    )
+    zarr.add_argument("--zarr-labels", metavar="PATH[:ARRAY]", help="(N,) label array")
+    zarr.add_argument(
+        "--zarr-targets", metavar="PATH[:ARRAY]", help="(N,) or (N, t) float target array"
+    )
     p.add_argument(
         "--chunk-rows",
-        type=_positive_int,
-        default=DEFAULT_CHUNK_ROWS,
+        type=positive_int,
+        default=None,
         metavar="N",
-        help=f"rows per Zarr chunk (default {DEFAULT_CHUNK_ROWS})",
+        help=f"rows per Zarr chunk (default {DEFAULT_CHUNK_ROWS}; for --zarr-features the "
+        "source's row chunking)",
     )
     p.add_argument(
         "--on-bad-rows",
         choices=BAD_ROW_POLICIES,
         default="error",
-        help="rows with a wrong field count, an unparsable number or NaN/Inf: 'error' stops "
-        "and writes nothing, 'skip' drops them and records their row numbers (default error)",
+        help="rows with a wrong field count, an unparsable number, a null or NaN/Inf: 'error' "
+        "stops and writes nothing, 'skip' drops them and records their row numbers "
+        "(default error)",
     )
     p.add_argument(
         "--split",
-        type=_fractions,
+        type=split_fractions,
         default=(0.8, 0.1, 0.1),
         metavar="T,V,T",
         help="train,validation,test fractions (default 0.8,0.1,0.1)",
     )
     p.add_argument(
         "--seed",
-        type=_seed,
+        type=seed,
         default=0,
         metavar="S",
         help="seed of the split; a row's split depends only on the seed and its index (default 0)",
@@ -128,23 +159,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--reference",
         metavar="STORE",
-        help="reuse this store's vocabularies, label classes and statistics (to ingest a "
-        "file for scoring with the training encoders); unseen categories go to <unknown>",
+        help="reuse this store's vocabularies, label classes, targets and statistics (to "
+        "ingest a file for scoring with the training encoders); unseen categories go to "
+        "<unknown>",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     p.set_defaults(func=run)
     return p
 
 
+def _given(args, dests) -> list[str]:
+    return [d for d in dests if getattr(args, d) not in (None, "", False)]
+
+
 def run(args) -> int:
     """Run ``dimplicit ingest``; prints the JSON report, returns the exit status."""
-    report = ingest_csv(
-        args.csv,
-        args.out,
-        fmt=args.fmt,
-        label=args.label,
-        categorical=args.categorical,
-        chunk_rows=args.chunk_rows,
+    from dimplicit.cli import CLIError
+
+    shared = dict(
         on_bad_rows=args.on_bad_rows,
         splits=args.split,
         split_seed=args.seed,
@@ -152,9 +184,58 @@ def run(args) -> int:
         stats_normal_only=args.stats_normal_only,
         reference=args.reference,
         overwrite=args.overwrite,
-        header=args.header,
         normal=args.normal,
     )
+    if args.zarr_features:
+        from dimplicit.data.adopt import adopt_zarr
+
+        if args.input:
+            raise CLIError("give either INPUT or --zarr-features, not both")
+        wrong = _given(args, _FILE_ONLY)
+        if wrong:
+            flags = ", ".join("--" + ("format" if d == "fmt" else d.replace("_", "-"))
+                              for d in wrong)  # fmt: skip
+            verb = "applies" if len(wrong) == 1 else "apply"
+            raise CLIError(f"{flags} {verb} to INPUT files, not to --zarr-features")
+        report = adopt_zarr(
+            args.zarr_features,
+            args.out,
+            labels=args.zarr_labels,
+            targets=args.zarr_targets,
+            chunk_rows=args.chunk_rows,
+            **shared,
+        )
+    else:
+        from dimplicit.data.sources import ingest
+
+        if not args.input:
+            raise CLIError("give an INPUT file (or --zarr-features PATH[:ARRAY])")
+        wrong = _given(args, _ZARR_ONLY)
+        if wrong:
+            raise CLIError("--zarr-labels and --zarr-targets go with --zarr-features")
+        text = {k: getattr(args, k) for k in ("header", "sep", "comment") if getattr(args, k)}
+        report = ingest(
+            args.input,
+            args.out,
+            fmt=args.fmt,
+            label=args.label,
+            categorical=args.categorical,
+            targets=args.target,
+            ignore=args.ignore,
+            chunk_rows=args.chunk_rows or DEFAULT_CHUNK_ROWS,
+            **text,
+            **shared,
+        )
+    _summarise(report)
+    print(json.dumps(report))
+    return 0
+
+
+def _summarise(report: dict) -> None:
+    """What the user should see besides the JSON: detected format, bad rows, warnings."""
+    if report.get("format_detected"):
+        detected = report["format_detected"]
+        print(f"dimplicit ingest: format {report['format']}, detected: {detected}", file=sys.stderr)
     bad = report["bad_rows"]
     if bad["count"]:
         rows = ", ".join(str(r) for r in bad["rows"])
@@ -167,5 +248,3 @@ def run(args) -> int:
             print(f"  row {ex['row']}: {ex['reason']}", file=sys.stderr)
     if report.get("warning"):
         print(f"dimplicit ingest: warning: {report['warning']}", file=sys.stderr)
-    print(json.dumps(report))
-    return 0

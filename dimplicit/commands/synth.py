@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from dimplicit.commands.ingest import _fractions, _positive_int, _seed
+from dimplicit.commands._types import positive_int, seed, split_fractions
 from dimplicit.data.store import DEFAULT_CHUNK_ROWS
 
 
@@ -38,7 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "for any --rows. Prints one JSON report on stdout."
         ),
     )
-    t.add_argument("--rows", type=_positive_int, required=True, metavar="N", help="number of rows")
+    t.add_argument("--rows", type=positive_int, required=True, metavar="N", help="number of rows")
     t.add_argument(
         "--out",
         required=True,
@@ -47,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--seed",
-        type=_seed,
+        type=seed,
         default=0,
         metavar="S",
         help="seed of the generator and of the train/validation/test split (default 0)",
@@ -62,14 +62,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--split",
-        type=_fractions,
+        type=split_fractions,
         default=(0.8, 0.1, 0.1),
         metavar="T,V,T",
         help="train,validation,test fractions (default 0.8,0.1,0.1)",
     )
     t.add_argument(
         "--chunk-rows",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_CHUNK_ROWS,
         metavar="N",
         help=f"rows per Zarr chunk (default {DEFAULT_CHUNK_ROWS}); does not change the data",

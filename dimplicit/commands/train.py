@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from dimplicit.commands._options import (
+    BATCH_SIZE_HELP,
+    QUIET_HELP,
     add_model_arguments,
     add_solver_arguments,
     backward_options,
+    positive_int,
+    seed,
     solver_options,
 )
 
@@ -42,7 +47,7 @@ def add_parser(sub):
     p.add_argument(
         "--data",
         required=True,
-        metavar="STORE",
+        metavar="PATH",
         help="Zarr store written by 'dimplicit ingest' or 'dimplicit synth'",
     )
     p.add_argument(
@@ -57,31 +62,64 @@ def add_parser(sub):
         action="store_true",
         help="train only on rows whose label is a normal class (anomaly detection)",
     )
-    p.add_argument("--epochs", type=int, default=1, help="passes over the training rows")
     p.add_argument(
-        "--batch-size",
-        type=int,
-        default=8192,
-        help="rows per synchronous step, the global batch (default 8192)",
+        "--epochs", type=positive_int, default=1, metavar="N", help="passes over the training rows"
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=8192, metavar="N", help=BATCH_SIZE_HELP
     )
     p.add_argument(
         "--block-rows",
-        type=int,
+        type=positive_int,
         default=None,
+        metavar="N",
         help="rows per task (default: min(batch size, store chunk))",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of weights and data order")
+    p.add_argument(
+        "--seed", type=seed, default=0, metavar="S", help="seed of weights and data order"
+    )
     p.add_argument(
         "--max-steps",
-        type=int,
+        type=positive_int,
         default=None,
-        help="stop after this many steps in total (resume later with --resume)",
+        metavar="N",
+        help="stop after this many steps in total (resume later with --resume) (default: no limit)",
     )
     p.add_argument(
         "--patience",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="early stopping: evaluations without a better --select-best metric (val_loss "
+        "by default); the best weights are the ones saved (default: none, no early stopping)",
+    )
+    p.add_argument(
+        "--eval-every",
         type=int,
         default=None,
-        help="early stopping: epochs without a better validation loss",
+        metavar="K",
+        help="steps between evaluations of the validation split (default: once per epoch)",
+    )
+    p.add_argument(
+        "--select-best",
+        choices=["val_loss", "val_accuracy", "val_r2"],
+        default=None,
+        help="keep the weights of the best evaluation and restore them at the end "
+        "(default: the last weights; val_loss with --patience)",
+    )
+    p.add_argument(
+        "--on-divergence",
+        choices=["stop", "skip-step"],
+        default="stop",
+        help="a step whose loss or gradients are not finite is never applied: stop with an "
+        "error, or skip it and go on",
+    )
+    p.add_argument(
+        "--executor",
+        choices=["auto", "local", "dask"],
+        default="auto",
+        help="local: in this process, no Dask; dask: on a Dask cluster; auto: local when no "
+        "--scheduler/--scheduler-file is given and the data fit comfortably in memory",
     )
     p.add_argument(
         "--no-standardize",
@@ -100,10 +138,10 @@ def add_parser(sub):
         "--optimizer",
         choices=["adam", "sgd"],
         default="adam",
-        help="Adam or SGD (with --momentum / --nesterov); default adam",
+        help="Adam or SGD (with --momentum / --nesterov)",
     )
-    o.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    o.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     o.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")
     o.add_argument("--weight-decay", type=float, default=0.0, help="L2 on weight matrices")
     o.add_argument(
@@ -112,7 +150,7 @@ def add_parser(sub):
         default="constant",
         help="learning-rate schedule over the whole run",
     )
-    o.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps")
+    o.add_argument("--warmup-steps", type=int, default=0, metavar="N", help="linear warm-up steps")
     add_model_arguments(p)
     add_solver_arguments(p)
     c = p.add_argument_group("checkpoints and logs")
@@ -120,14 +158,15 @@ def add_parser(sub):
         "--checkpoint-dir",
         default=None,
         metavar="DIR",
-        help="write checkpoints (ckpt-STEP.npz) and the final model.npz here",
+        help="write checkpoints (ckpt-STEP.npz), metrics.jsonl and the final model.npz here "
+        "(default: a new runs/DATE-TIME directory)",
     )
     c.add_argument(
         "--checkpoint-every",
         type=int,
         default=0,
         metavar="N",
-        help="steps between checkpoints (default: only at the end)",
+        help="steps between checkpoints (default: 0, at the end and on Ctrl-C/SIGTERM only)",
     )
     c.add_argument(
         "--resume",
@@ -138,20 +177,20 @@ def add_parser(sub):
         "--metrics-log",
         default=None,
         metavar="PATH",
-        help="JSON-lines metrics (default: DIR/metrics.jsonl with --checkpoint-dir)",
+        help="JSON-lines metrics (default: metrics.jsonl in the checkpoint directory)",
     )
-    c.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="no progress bar on stderr"
-    )
-    from dimplicit.distributed.cluster import add_cluster_arguments
+    c.add_argument("--quiet", dest="progress", action="store_false", help=QUIET_HELP)
+    c.add_argument("--no-progress", dest="progress", action="store_false", help=argparse.SUPPRESS)
+    from dimplicit.commands._cluster import add_cluster_arguments
 
     add_cluster_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from dimplicit.commands._cluster import connect_from_args
     from dimplicit.data.store import open_store
-    from dimplicit.distributed.cluster import connect_from_args
+    from dimplicit.distributed.checkpoint import lock_directory
     from dimplicit.distributed.tasks import DataSpec
     from dimplicit.distributed.trainer import Trainer
     from dimplicit.model import build_model
@@ -163,7 +202,7 @@ def run(args) -> int:
     store = open_store(args.data)
     n_out = {
         "classify": len(store.label_classes),
-        "regress": 1,
+        "regress": len(store.target_names) or 1,
         "autoencode": store.n_features,
     }[args.task]
     model = build_model(
@@ -175,15 +214,20 @@ def run(args) -> int:
     spec = DataSpec(
         str(args.data), args.task, args.normal_only, args.standardize, args.device, args.dtype
     )
-    metrics = args.metrics_log
-    if metrics is None and args.checkpoint_dir:
-        metrics = str(Path(args.checkpoint_dir) / "metrics.jsonl")
+    # A trained model is never thrown away: without --checkpoint-dir it goes to a new run
+    # directory.
+    checkpoint_dir = args.checkpoint_dir or str(_new_run_dir())
+    metrics = args.metrics_log or str(Path(checkpoint_dir) / "metrics.jsonl")
+    executor = args.executor
+    if executor == "auto":
+        executor = "dask" if (args.scheduler or args.scheduler_file) else _fits_locally(store, args)
     trainer = Trainer(
         model, spec, config=config, epochs=args.epochs, batch_size=args.batch_size,
-        block_rows=args.block_rows, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
+        block_rows=args.block_rows, seed=args.seed, checkpoint_dir=checkpoint_dir,
         checkpoint_every=args.checkpoint_every, resume=args.resume, persist=args.persist,
         patience=args.patience, max_steps=args.max_steps, metrics_log=metrics,
-        progress=args.progress and sys.stderr.isatty(),
+        progress=args.progress and sys.stderr.isatty(), eval_every=args.eval_every,
+        select_best=args.select_best, on_divergence=args.on_divergence, executor=executor,
     )  # fmt: skip
     # The cosine schedule needs the run's length, known once the plan is (cheaply) built.
     opt = dict(
@@ -195,12 +239,18 @@ def run(args) -> int:
         schedule=args.schedule,
         warmup_steps=args.warmup_steps,
     )
+    trainer.check(store)
     if args.schedule == "cosine":
         opt["total_steps"] = trainer.planned_steps(store)
     trainer.optimizer = OptimizerConfig(**opt)
-    trainer.check(store)
-    with connect_from_args(args) as client:
-        trainer.fit(client)
+    # Locked before a cluster starts: a second run on the same directory fails at once.
+    with lock_directory(checkpoint_dir):
+        trainer.check(store)
+        if executor == "local":
+            trainer.fit(None)
+        else:
+            with connect_from_args(args) as client:
+                trainer.fit(client)
         summary = trainer.summary_
         if args.task == "autoencode":
             from dimplicit.anomaly.score import calibrate_model
@@ -208,3 +258,22 @@ def run(args) -> int:
             summary["calibration"] = calibrate_model(trainer.model_, store, summary.get("model"))
     print(json.dumps(summary))
     return 0
+
+
+def _new_run_dir() -> Path:
+    """``runs/DATE-TIME`` (with a suffix if two runs start in the same second)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for k in range(1000):
+        path = Path("runs") / (stamp if k == 0 else f"{stamp}-{k}")
+        if not path.exists():
+            return path
+    raise FileExistsError(f"runs/{stamp}-*: too many runs started this second")
+
+
+def _fits_locally(store, args) -> str:
+    """``local`` when the store's features take under a quarter of the free memory."""
+    from dimplicit.memory import available_bytes
+
+    itemsize = 8 if args.dtype == "float64" else 4
+    need = store.n_rows * store.n_features * itemsize
+    return "local" if need < 0.25 * available_bytes() and args.device == "cpu" else "dask"

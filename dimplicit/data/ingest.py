@@ -1,8 +1,9 @@
-"""CSV -> dimplicit Zarr store, streaming (NSL-KDD, HTRU2, generic CSV).
+"""CSV/TSV -> dimplicit Zarr store, streaming (NSL-KDD, HTRU2, generic, NetFlow/Zeek logs).
 
 The file is read with :mod:`csv` (``newline=''``, so bare-CR files such as HTRU2 parse) in
-batches of rows; each batch is parsed, one-hot encoded, folded into the normalisation
-statistics and handed to :class:`~dimplicit.data.store.StoreWriter`, which keeps at most one
+batches of rows; each batch is parsed here and handed to the shared
+:class:`~dimplicit.data.accumulate.RowAccumulator` (bad rows, splits, labels, statistics),
+which appends it to the :class:`~dimplicit.data.store.StoreWriter`, which keeps at most one
 Zarr chunk in memory.  The whole file is never held in memory.
 
 Decisions worth knowing:
@@ -10,8 +11,8 @@ Decisions worth knowing:
 * **Row numbers** are 1-based record numbers in the file, the header included; they equal
   line numbers unless a quoted field spans lines.
 * **Splits** depend only on ``(split_seed, i)`` where ``i`` is the 0-based index of the data
-  record (header excluded, bad and blank records included), so skipping a bad row or changing
-  ``chunk_rows`` never moves another row to another split.
+  record (header excluded; bad, blank and comment records included), so skipping a bad row or
+  changing ``chunk_rows`` never moves another row to another split.
 * **Generic vocabularies**: one streaming pass cannot know a categorical column's vocabulary
   before it sees the last row, and the one-hot layout must be fixed before the first row is
   written.  For ``fmt="generic"`` with categorical columns, ingest therefore makes a cheap
@@ -20,181 +21,127 @@ Decisions worth knowing:
 * **Labels** get codes in order of first appearance, after the format's seed classes
   (``normal`` for NSL-KDD, ``0``/``1`` for HTRU2) or the reference's classes, so codes do not
   depend on batch size and agree with the reference for every class it knows.
+* **Targets** (``targets=``) are float columns stored in the ``targets`` array, not label
+  classes; a value that is not a finite number makes the row bad.
 * **Blank records** (empty lines) carry no data; they are not stored, but counted in the
   report (``blank_lines``) rather than dropped silently.
+* **Logs** (NetFlow exports, Zeek): ``sep`` sets the field separator (a tab is read without
+  quoting, as TSV has none) and ``comment`` skips lines starting with it (counted as
+  ``comment_lines``); a Zeek ``#fields`` line names the columns when the file has no header.
+* **Format detection** (``fmt=None``, :func:`detect_csv_format`): NSL-KDD (43 fields,
+  protocol names in field 2) and HTRU2 (9 numeric fields, the last 0/1) are recognised by
+  their first records, a Zeek log by its ``#separator`` line, a ``.tsv`` file by its name;
+  anything else is generic.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
 
 from dimplicit.data import schema
-from dimplicit.data.store import (
-    DEFAULT_CHUNK_ROWS,
-    MAX_BAD_ROWS_LISTED,
-    SPLIT_NAMES,
-    RunningStats,
-    StoreWriter,
-    assign_splits,
-    check_split_fractions,
-    check_writable,
-    open_store,
+from dimplicit.data.accumulate import (
+    RowAccumulator,
+    finite_rows,
+    ingest_options,
+    ingest_report,
 )
+from dimplicit.data.columns import ColumnSpec, make_spec, parse_column_list
+from dimplicit.data.store import DEFAULT_CHUNK_ROWS, StoreWriter, check_output, open_store
 
 INGEST_FORMATS = ("nsl-kdd", "htru2", "generic")
-BAD_ROW_POLICIES = ("error", "skip")
-STATS_ROWS = ("all", "train")
 # Rows parsed at a time: bounds the Python objects alive at once (a 43-field row costs about
 # 3 KB as strings) independently of the Zarr chunk size.
 _BATCH_ROWS = 16384
-_BAD_EXAMPLES = 10
+_SEPARATOR_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "space": " ", "semicolon": ";",
+                    "pipe": "|"}  # fmt: skip
+_DETECT_RECORDS = 20
+# The CSV format that reads files like those a reference store was made from.
+_FORMAT_OF_REFERENCE = {"nsl-kdd": "nsl-kdd", "htru2": "htru2", "generic": "generic",
+                        "synthetic-traffic": "nsl-kdd", "parquet": "generic"}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
-# Feature layout (shared with the synthetic generator)
+# Reading records
 # --------------------------------------------------------------------------------------
 
 
-class FeatureLayout:
-    """How raw columns become feature columns: numeric as is, categorical one-hot in place.
+def separator(text) -> str:
+    """A field separator: one character, or ``tab`` / ``\\t`` / ``comma`` / ``space`` /
+    ``semicolon`` / ``pipe``."""
+    sep = _SEPARATOR_NAMES.get(str(text).lower(), str(text))
+    if len(sep) != 1 or sep in "\r\n\"":
+        raise ValueError(
+            f"separator must be one character (or tab, comma, space, semicolon, pipe), "
+            f"got {text!r}"
+        )
+    return sep
 
-    Parameters
-    ----------
-    columns : list of str
-        Raw column names.
-    feature_columns : list of int
-        Indices of the raw columns that become features, in order.
-    categories : dict
-        ``{column name: vocabulary}`` for the categorical feature columns.  ``"<unknown>"`` is
-        appended to a vocabulary that does not already end with it.
+
+class _Lines:
+    """The lines of a text file, comment lines replaced by empty lines.
+
+    Replacing rather than dropping keeps record numbers equal to line numbers (an empty line
+    is an empty record, counted as blank; :attr:`comments` says how many were comments).  A
+    ``<comment>fields`` line (Zeek) is kept in :attr:`fields`, split on the separator.
     """
 
-    def __init__(self, columns, feature_columns, categories):
-        self.columns = list(columns)
-        self.feature_columns = list(feature_columns)
-        self.categories = {}
-        for c, vocab in categories.items():
-            vocab = [v for v in vocab if v != schema.UNKNOWN] + [schema.UNKNOWN]
-            self.categories[c] = vocab
-        names: list[str] = []
-        self.numeric_columns: list[int] = []  # raw indices
-        self.numeric_pos: list[int] = []  # their feature positions
-        self.categorical_columns: list[int] = []
-        self.offsets: list[int] = []  # first feature position of each categorical column
-        self.luts: list[dict[str, int]] = []
-        for i in self.feature_columns:
-            c = self.columns[i]
-            if c in self.categories:
-                vocab = self.categories[c]
-                self.categorical_columns.append(i)
-                self.offsets.append(len(names))
-                self.luts.append({v: k for k, v in enumerate(vocab)})
-                names.extend(f"{c}={v}" for v in vocab)
+    def __init__(self, f, comment: str | None, sep: str):
+        self._f = f
+        self.comment = comment
+        self.sep = sep
+        self.comments = 0
+        self.fields: list[str] | None = None
+
+    def __iter__(self):
+        if not self.comment:
+            yield from self._f
+            return
+        tag = self.comment + "fields"
+        for line in self._f:
+            if line.startswith(self.comment):
+                self.comments += 1
+                if self.fields is None and line.startswith(tag):
+                    rest = line[len(tag) :].rstrip("\r\n").lstrip(" " + self.sep)
+                    self.fields = [f.strip() for f in rest.split(self.sep)]
+                yield "\n"
             else:
-                self.numeric_columns.append(i)
-                self.numeric_pos.append(len(names))
-                names.append(c)
-        self.feature_names = names
-
-    @property
-    def n_features(self) -> int:
-        return len(self.feature_names)
-
-    def codes(self, k: int, values) -> np.ndarray:
-        """Vocabulary codes of the ``k``-th categorical column; unseen values -> ``<unknown>``."""
-        lut = self.luts[k]
-        unknown = len(lut) - 1
-        return np.fromiter(map(lut.get, values, itertools.repeat(unknown)), np.intp)
-
-    def encode(self, numeric: np.ndarray, codes: list[np.ndarray]) -> np.ndarray:
-        """Build the float32 feature block.
-
-        Parameters
-        ----------
-        numeric : array (n, n_numeric)
-            Numeric columns in ``numeric_columns`` order.
-        codes : list of int arrays (n,)
-            One per categorical column, in ``categorical_columns`` order.
-        """
-        n = numeric.shape[0]
-        x = np.zeros((n, self.n_features), dtype=np.float32)
-        x[:, self.numeric_pos] = numeric
-        rows = np.arange(n)
-        for off, c in zip(self.offsets, codes, strict=True):
-            x[rows, off + c] = 1.0
-        return x
+                yield line
 
 
-def nslkdd_layout(categories: dict | None = None) -> FeatureLayout:
-    """The NSL-KDD feature layout (label and difficulty excluded); 125 features by default."""
-    cols = schema.NSLKDD_COLUMNS
-    skip = {schema.NSLKDD_LABEL, *schema.NSLKDD_IGNORE}
-    return FeatureLayout(
-        cols,
-        [i for i, c in enumerate(cols) if c not in skip],
-        schema.NSLKDD_CATEGORIES if categories is None else categories,
-    )
+def _open_records(f, path, sep: str, comment: str | None):
+    """``(lines, records)`` of an open file; CSV-level failures become a ValueError."""
+    lines = _Lines(f, comment, sep)
+    # TSV has no quoting: a quote character is data (user agents, URLs).
+    quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(lines, delimiter=sep, quoting=quoting)
+
+    def records():
+        try:
+            yield from reader
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"{path}: not readable as UTF-8 CSV text (line {reader.line_num + 1}): {exc}"
+            ) from None
+
+    return lines, records()
 
 
-# --------------------------------------------------------------------------------------
-# Column specification
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Spec:
-    columns: list[str]
-    label_index: int | None
-    layout: FeatureLayout
-    label_classes: list[str]
-    normal_classes: list[str]
-    ignored: list[str] = field(default_factory=list)
-
-
-def _parse_column_list(value) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v) for v in value]
-
-
-def _resolve_column(name: str, columns: list[str], what: str) -> int:
-    if name in columns:
-        return columns.index(name)
-    if name.lstrip("-").isdigit():
-        i = int(name)
-        if 0 <= i < len(columns):
-            return i
-        raise ValueError(f"{what} column index {i} is out of range (0..{len(columns) - 1})")
-    raise ValueError(f"{what} column {name!r} not found; columns are {columns}")
-
-
-def _records(f, path):
-    """csv records of an open file; CSV-level failures become a ValueError naming the file."""
-    reader = csv.reader(f)
-    try:
-        yield from reader
-    except (csv.Error, UnicodeDecodeError) as exc:
-        raise ValueError(
-            f"{path}: not readable as UTF-8 CSV text (line {reader.line_num + 1}): {exc}"
-        ) from None
-
-
-def _collect_vocabularies(path: Path, header: bool, ncols: int, cat_idx: list[int]):
+def _collect_vocabularies(path: Path, header: bool, ncols: int, cat_idx: list[int], sep,
+                          comment) -> list[list[str]]:  # fmt: skip
     """First pass for generic CSV: the sorted values of each categorical column."""
     seen = [set() for _ in cat_idx]
     with open(path, newline="", encoding="utf-8") as f:
-        reader = _records(f, path)
+        _, reader = _open_records(f, path, sep, comment)
         if header:
-            next(reader, None)
+            next((r for r in reader if r), None)
         for row in reader:
             if len(row) == ncols:  # bad rows are reported by the main pass
                 for s, i in zip(seen, cat_idx, strict=True):
@@ -202,94 +149,89 @@ def _collect_vocabularies(path: Path, header: bool, ncols: int, cat_idx: list[in
     return [sorted(s) for s in seen]
 
 
-def _make_spec(fmt, path, header_names, ncols, label, categorical, normal, ref) -> _Spec:
-    """Decide the columns, label, vocabularies and classes for this file."""
-    if fmt == "nsl-kdd":
-        columns = list(schema.NSLKDD_COLUMNS)
-        label_name, ignored = schema.NSLKDD_LABEL, list(schema.NSLKDD_IGNORE)
-        cat_names = list(schema.NSLKDD_CATEGORIES)
-        classes, normal_classes = [schema.NSLKDD_NORMAL], [schema.NSLKDD_NORMAL]
-    elif fmt == "htru2":
-        columns = list(schema.HTRU2_COLUMNS)
-        label_name, ignored, cat_names = schema.HTRU2_LABEL, [], []
-        classes, normal_classes = ["0", "1"], ["0"]
-    else:
-        if ref is not None and header_names is None:
-            columns = list(ref.attrs["columns"])  # a headerless file takes the reference's names
-        else:
-            columns = header_names or [f"col{i}" for i in range(ncols)]
-        label_name = None
-        if label is not None:
-            label_name = columns[_resolve_column(str(label), columns, "label")]
-        elif ref is not None:
-            label_name = ref.attrs.get("label_column")
-        cat_names = [columns[_resolve_column(c, columns, "categorical")] for c in categorical]
-        if label_name in cat_names:
-            raise ValueError(f"column {label_name!r} cannot be both the label and categorical")
-        # Normal classes take the first codes, so they are known before any row is read.
-        ignored, classes = [], list(normal or [])
-        normal_classes = list(normal or [])
-    if fmt != "generic" and (label is not None or categorical or normal):
-        raise ValueError(
-            "label, categorical and normal options apply only to format 'generic'; "
-            f"format {fmt!r} has a fixed layout"
-        )
-    if fmt == "generic" and ncols != len(columns):  # only a headerless file with a reference
-        raise ValueError(
-            f"{path}: rows have {ncols} fields but reference {ref.path} has {len(columns)} columns"
-        )
-    if header_names is not None and fmt != "generic" and len(header_names) != len(columns):
-        raise ValueError(
-            f"{path}: header has {len(header_names)} fields, format {fmt!r} has "
-            f"{len(columns)} columns"
-        )
-    label_index = columns.index(label_name) if label_name is not None else None
-    skip = set(ignored) | ({label_name} if label_name else set())
-    feature_columns = [i for i, c in enumerate(columns) if c not in skip]
-    if not feature_columns:
-        raise ValueError(f"{path}: no feature columns left after removing the label")
+# --------------------------------------------------------------------------------------
+# Format detection
+# --------------------------------------------------------------------------------------
 
-    if ref is not None:
-        ref_cols = list(ref.attrs.get("columns", []))
-        if ref_cols != columns:
-            raise ValueError(
-                f"{path}: columns {columns} do not match reference {ref.path} columns {ref_cols}"
-            )
-        if ref.attrs.get("label_column") != label_name:
-            raise ValueError(
-                f"label column {label_name!r} differs from reference {ref.path} "
-                f"label column {ref.attrs.get('label_column')!r}"
-            )
-        categories = ref.categories
-        if sorted(categories) != sorted(cat_names) and fmt == "generic" and categorical:
-            raise ValueError(
-                f"categorical columns {cat_names} differ from reference {ref.path} "
-                f"categorical columns {sorted(categories)}"
-            )
-        classes = ref.label_classes
-        normal_classes = ref.normal_classes
-        if normal and list(normal) != normal_classes:
-            raise ValueError(
-                f"normal classes {list(normal)} differ from reference {ref.path} "
-                f"normal classes {normal_classes}"
-            )
-        layout = FeatureLayout(columns, feature_columns, categories)
-        if layout.feature_names != ref.feature_names:
-            raise ValueError(
-                f"{path}: feature layout does not match reference {ref.path} "
-                f"({layout.n_features} vs {ref.n_features} features)"
-            )
+
+@dataclass(frozen=True)
+class CsvFormat:
+    """What :func:`detect_csv_format` found: format, separator, comment prefix, and why."""
+
+    fmt: str
+    sep: str
+    comment: str | None
+    reason: str
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def detect_csv_format(path, header: bool = False, sep=None, comment=None) -> CsvFormat:
+    """Guess a text file's format from its name and first records.
+
+    A Zeek log (first line ``#separator``) is generic, tab-separated, ``#`` comments; a
+    ``.tsv`` file is tab-separated; then NSL-KDD if the first records have 43 fields with a
+    protocol name (tcp/udp/icmp) in field 2 (nine in ten suffice), HTRU2 if they have 9
+    numeric fields with the last 0 or 1, generic otherwise.  ``sep`` and ``comment``, when
+    given, are kept.
+    """
+    path = Path(path)
+    why = []
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        first = f.readline()
+    if first.startswith("#separator"):
+        code = first[len("#separator") :].strip() or "\\x09"
+        try:
+            zeek_sep = codecs.decode(code, "unicode_escape")
+        except UnicodeDecodeError:
+            zeek_sep = "\t"
+        sep = sep or zeek_sep
+        comment = comment or "#"
+        return CsvFormat("generic", separator(sep), comment, "Zeek log (#separator line)")
+    if sep is None and path.suffix.lower() == ".tsv":
+        sep = "\t"
+        why.append(".tsv file: tab-separated")
+    if sep is None:
+        sep = "\t" if "\t" in first and "," not in first else ","
+        if sep == "\t":
+            why.append("tabs and no commas in the first line: tab-separated")
+    sep = separator(sep)
+    rows = []
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        _, reader = _open_records(f, path, sep, comment)
+        try:
+            for row in reader:
+                if row:
+                    rows.append(row)
+                if len(rows) >= _DETECT_RECORDS + int(header):
+                    break
+        except ValueError:
+            pass  # the ingest itself reports unreadable text
+    rows = rows[int(header) :]
+    protocols = set(schema.NSLKDD_CATEGORIES["protocol_type"])
+    if (
+        rows
+        and all(len(r) == len(schema.NSLKDD_COLUMNS) for r in rows)
+        and sum(r[1] in protocols for r in rows) >= 0.9 * len(rows)
+    ):
+        fmt = "nsl-kdd"
+        why.append(f"{len(schema.NSLKDD_COLUMNS)} fields with protocol names in field 2: NSL-KDD")
+    elif rows and all(
+        len(r) == len(schema.HTRU2_COLUMNS) and all(map(_is_number, r[:-1])) and r[-1] in "01"
+        for r in rows
+    ):
+        fmt = "htru2"
+        why.append(f"{len(schema.HTRU2_COLUMNS)} numeric fields, the last 0/1: HTRU2")
     else:
-        if fmt == "nsl-kdd":
-            categories = dict(schema.NSLKDD_CATEGORIES)
-        elif cat_names:
-            cat_idx = [columns.index(c) for c in cat_names]
-            vocabs = _collect_vocabularies(path, header_names is not None, len(columns), cat_idx)
-            categories = dict(zip(cat_names, vocabs, strict=True))
-        else:
-            categories = {}
-        layout = FeatureLayout(columns, feature_columns, categories)
-    return _Spec(columns, label_index, layout, list(classes), list(normal_classes), ignored)
+        fmt = "generic"
+        why.append("neither NSL-KDD nor HTRU2: generic")
+    return CsvFormat(fmt, sep, comment, "; ".join(why))
 
 
 # --------------------------------------------------------------------------------------
@@ -316,8 +258,13 @@ def _first_bad_field(row, numeric, columns):
     return None
 
 
-def _parse_batch(batch, spec: _Spec, get_numeric):
+def _parse_batch(batch, spec: ColumnSpec, read: list[int], get_numeric):
     """Parse one batch of csv records.
+
+    Parameters
+    ----------
+    read : list of int
+        Raw indices of the columns read as numbers (numeric features, then targets).
 
     Returns
     -------
@@ -325,15 +272,13 @@ def _parse_batch(batch, spec: _Spec, get_numeric):
         Positions (in the batch) of the good rows.
     rows : list of list of str
         The good rows themselves.
-    numeric : float32 array (len(good), n_numeric)
+    numeric : float32 array (len(good), len(read))
         Their numeric columns, all finite.
     bad : list of (position, reason)
-        Sorted by position.
     blank : int
         Number of empty records.
     """
     ncols = len(spec.columns)
-    num_idx = spec.layout.numeric_columns
     bad: list[tuple[int, str]] = []
     good: list[int] = []
     blank = 0
@@ -345,7 +290,7 @@ def _parse_batch(batch, spec: _Spec, get_numeric):
         else:
             bad.append((k, f"expected {ncols} fields, got {len(row)}"))
     rows = batch if len(good) == len(batch) else [batch[k] for k in good]
-    nnum = len(num_idx)
+    nnum = len(read)
     try:
         values = np.fromiter(
             map(float, itertools.chain.from_iterable(map(get_numeric, rows))),
@@ -356,7 +301,7 @@ def _parse_batch(batch, spec: _Spec, get_numeric):
         # Slow path, only for batches that hold an unparsable field: find the culprits.
         keep, keep_rows = [], []
         for k, row in zip(good, rows, strict=True):
-            reason = _first_bad_field(row, num_idx, spec.columns)
+            reason = _first_bad_field(row, read, spec.columns)
             if reason is None:
                 keep.append(k)
                 keep_rows.append(row)
@@ -366,21 +311,12 @@ def _parse_batch(batch, spec: _Spec, get_numeric):
         values = np.array(
             [[float(v) for v in get_numeric(r)] for r in rows], dtype=np.float64
         ).reshape(len(rows), nnum)
-    # Non-finite after the cast to float32: NaN/Inf in the file, or a number beyond float32.
-    with np.errstate(over="ignore"):
-        numeric = values.astype(np.float32)
-    finite = np.isfinite(numeric).all(axis=1)
-    if not finite.all():
-        for j in np.flatnonzero(~finite):
-            col = int(np.flatnonzero(~np.isfinite(numeric[j]))[0])
-            raw = values[j, col]
-            what = "non-finite value" if not np.isfinite(raw) else "value beyond float32 range"
-            bad.append((good[j], f"{what} {rows[j][num_idx[col]]!r} in column "
-                                 f"{spec.columns[num_idx[col]]}"))  # fmt: skip
+    names = [spec.columns[i] for i in read]
+    numeric, finite, nonfinite = finite_rows(values, names, lambda j, c: rows[j][read[c]])
+    if nonfinite:
+        bad.extend((good[j], reason) for j, reason in nonfinite)
         good = [g for g, ok in zip(good, finite, strict=True) if ok]
         rows = [r for r, ok in zip(rows, finite, strict=True) if ok]
-        numeric = numeric[finite]
-    bad.sort()
     return good, rows, numeric, bad, blank
 
 
@@ -389,26 +325,10 @@ def _parse_batch(batch, spec: _Spec, get_numeric):
 # --------------------------------------------------------------------------------------
 
 
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
-def _bad_rows_message(path, bad, last_row: int, fmt: str) -> str:
-    shown = "; ".join(f"row {r}: {reason}" for r, reason in bad[:_BAD_EXAMPLES])
-    hint = ""
-    if fmt == "generic" and any(reason.startswith("unparsable") for _, reason in bad):
-        hint = " A text column must be declared categorical (--categorical)."
-    return (
-        f"{path}: {len(bad)} bad row(s) in rows 1-{last_row} (reading stopped there): {shown}. "
-        "Fix the file, or pass on_bad_rows='skip' (--on-bad-rows skip) to drop and report them."
-        + hint
-    )
-
-
 def ingest_csv(
     path,
     out,
-    fmt: str = "nsl-kdd",
+    fmt: str | None = None,
     label=None,
     categorical=(),
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
@@ -421,20 +341,27 @@ def ingest_csv(
     overwrite: bool = False,
     header: bool = False,
     normal=None,
+    *,
+    targets=None,
+    ignore=None,
+    sep=None,
+    comment=None,
 ) -> dict:
-    """Convert a CSV file to a dimplicit Zarr store in one streaming pass.
+    """Convert a CSV (or TSV, or log) file to a dimplicit Zarr store in one streaming pass.
 
     Parameters
     ----------
     path : str or Path
-        The CSV file (any line endings; read with ``newline=''``).
+        The text file (any line endings; read with ``newline=''``).
     out : str or Path
         The store to create (see :mod:`dimplicit.data.store`).
-    fmt : {"nsl-kdd", "htru2", "generic"}
+    fmt : {"nsl-kdd", "htru2", "generic"}, optional
         ``nsl-kdd``: 43 columns, ``protocol_type``/``service``/``flag`` one-hot with the
         vocabularies of :mod:`~dimplicit.data.schema` plus ``<unknown>``; label ``label``,
         ``difficulty`` dropped.  ``htru2``: 8 numeric features, label ``class``.
-        ``generic``: every column numeric except ``label`` and ``categorical``.
+        ``generic``: every column numeric except ``label``, ``targets``, ``categorical``
+        and ``ignore``.  None (default): the reference's format, else detected
+        (:func:`detect_csv_format`); the report's ``format_detected`` says why.
     label : str or int, optional
         Generic only: the label column, by name or 0-based index.  Without it the store is
         unlabelled (every label code is -1).
@@ -456,16 +383,28 @@ def ingest_csv(
     stats_normal_only : bool
         Restrict the statistics to rows whose label is a normal class.
     reference : str or Path, optional
-        A store whose vocabularies, label classes, normal classes and statistics are reused
-        (ingest a scoring file with the training encoders).  Unseen category values go to the
-        ``<unknown>`` slot; unseen labels are appended as new classes.  The statistics are
-        copied, so ``stats_rows`` and ``stats_normal_only`` do not apply.
+        A store whose vocabularies, label classes, normal classes, targets and statistics
+        are reused (ingest a scoring file with the training encoders).  Unseen category values
+        go to the ``<unknown>`` slot; unseen labels are appended as new classes.  The
+        statistics are copied, so ``stats_rows`` and ``stats_normal_only`` do not apply.
     overwrite : bool
         Replace an existing store at ``out``.
     header : bool
         The first record is a header (generic: it names the columns; other formats: skipped).
     normal : sequence of str, optional
         Generic only: label values that count as normal (default: none).
+    targets : str or sequence of str, optional
+        Generic only: float regression target columns (names or indices), stored in the
+        ``targets`` array with their own statistics; a value that is not a finite number
+        makes the row bad.
+    ignore : str or sequence of str, optional
+        Generic only: columns to leave out (identifiers, timestamps, addresses).
+    sep : str, optional
+        Field separator: one character, or ``tab``/``\\t`` (see :func:`separator`).
+        Default: detected (tab for ``.tsv`` files and Zeek logs, else comma).
+    comment : str, optional
+        Skip lines starting with this prefix (``#`` for Zeek logs, whose ``#fields`` line then
+        names the columns when ``header`` is false).
 
     Returns
     -------
@@ -481,162 +420,132 @@ def ingest_csv(
     """
     t0 = time.perf_counter()
     path, out = Path(path), Path(out)
-    if fmt not in INGEST_FORMATS:
+    if fmt is not None and fmt not in INGEST_FORMATS:
         raise ValueError(f"format must be one of {INGEST_FORMATS}, got {fmt!r}")
-    if on_bad_rows not in BAD_ROW_POLICIES:
-        raise ValueError(f"on_bad_rows must be one of {BAD_ROW_POLICIES}, got {on_bad_rows!r}")
-    if stats_rows not in STATS_ROWS:
-        raise ValueError(f"stats_rows must be one of {STATS_ROWS}, got {stats_rows!r}")
-    fractions = check_split_fractions(splits)
-    if int(split_seed) < 0:
-        raise ValueError(f"split seed must be non-negative, got {split_seed}")
+    options = ingest_options(splits, split_seed, stats_rows, stats_normal_only, on_bad_rows)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     ref = open_store(reference) if reference is not None else None
-    categorical = _parse_column_list(categorical)
-    normal = _parse_column_list(normal)
+    detected = None
+    if fmt is None:
+        detected = _format_of(path, ref, header, sep, comment)
+        fmt, sep, comment = detected.fmt, detected.sep, detected.comment
+    sep = separator("," if sep is None else sep)
+    categorical = parse_column_list(categorical)
 
-    check_writable(out, overwrite)  # fail before reading anything
+    inputs = (path, reference)
+    check_output(out, "store", overwrite, protect=inputs)  # fail before reading anything
     with open(path, newline="", encoding="utf-8") as f:
-        reader = _records(f, path)
-        header_names = None
-        if header:
-            first = next(reader, None)
-            if first is None:
-                raise ValueError(f"{path} is empty")
-            header_names = [h.strip() for h in first]
-        ncols = len(header_names) if header_names is not None else None
-        if fmt == "generic" and ncols is None:
-            # A headerless generic file: the first non-blank record fixes the column count.
-            peek = []
-            for row in reader:
-                peek.append(row)
-                if row:
-                    ncols = len(row)
-                    break
-            reader = itertools.chain(peek, reader)
-            if ncols is None:
-                raise ValueError(f"{path} has no data rows")
-        spec = _make_spec(fmt, path, header_names, ncols, label, categorical, normal, ref)
-        if stats_normal_only and ref is None and not spec.normal_classes:
-            raise ValueError(
-                "stats_normal_only needs normal classes (generic: pass --normal / normal=...)"
-            )
+        lines, reader = _open_records(f, path, sep, comment)
+        header_names, ncols, consumed, comments_before, reader = _read_head(
+            reader, lines, path, header, fmt
+        )
+        spec = make_spec(
+            fmt, path, header_names, ncols, label=label, categorical=categorical,
+            normal=parse_column_list(normal), targets=parse_column_list(targets),
+            ignore=parse_column_list(ignore), ref=ref,
+            vocabularies=lambda idx, n: _collect_vocabularies(path, header, n, idx, sep, comment),
+        )  # fmt: skip
+        options.check_normal_classes(spec.normal_classes, ref)
         layout = spec.layout
-        classes = list(spec.label_classes)
-        class_lut = {c: k for k, c in enumerate(classes)}
-        normal_codes = np.asarray([class_lut[c] for c in spec.normal_classes if c in class_lut])
-        get_numeric = _getter(layout.numeric_columns)
-        stats = RunningStats(layout.n_features)
-        n_bad, bad_listed, bad_examples, blank = 0, [], [], 0
-        unknown = dict.fromkeys((spec.columns[i] for i in layout.categorical_columns), 0)
-        label_counts = np.zeros(0, dtype=np.int64)
-        split_counts = np.zeros(3, dtype=np.int64)
-        row_no = 2 if header else 1  # 1-based record number of the next record
-        data_index = 0  # 0-based index of the next data record: the split key
+        hint = ""
+        if fmt == "generic":
+            hint = " A text column must be declared categorical=COLUMNS (or ignore=COLUMNS)."
 
-        with StoreWriter(out, layout.feature_names, chunk_rows, overwrite) as writer:
-            while batch := list(itertools.islice(reader, _BATCH_ROWS)):
-                good, rows, numeric, bad, nblank = _parse_batch(batch, spec, get_numeric)
-                blank += nblank
-                if bad:
-                    n_bad += len(bad)
-                    listed = [(row_no + k, reason) for k, reason in bad]
-                    bad_listed.extend(r for r, _ in listed[: MAX_BAD_ROWS_LISTED - len(bad_listed)])
-                    bad_examples.extend(listed[: _BAD_EXAMPLES - len(bad_examples)])
-                    if on_bad_rows == "error":
-                        raise ValueError(
-                            _bad_rows_message(path, listed, row_no + len(batch) - 1, fmt)
-                        )
-                split = assign_splits(int(split_seed), data_index, len(batch), fractions)[good]
-                codes = []
-                for k, i in enumerate(layout.categorical_columns):
-                    c = layout.codes(k, [r[i] for r in rows])
-                    unknown[spec.columns[i]] += int(np.count_nonzero(c == len(layout.luts[k]) - 1))
-                    codes.append(c)
-                if spec.label_index is None:
-                    y = np.full(len(rows), -1, dtype=np.int32)
-                else:
-                    values = [r[spec.label_index] for r in rows]
-                    for v in dict.fromkeys(values):  # new classes, in order of appearance
-                        if v not in class_lut:
-                            class_lut[v] = len(classes)
-                            classes.append(v)
-                    y = np.fromiter(map(class_lut.__getitem__, values), np.int32, len(rows))
-                x = layout.encode(numeric, codes)
-                if ref is None:
-                    sel = np.ones(len(rows), dtype=bool)
-                    if stats_rows == "train":
-                        sel &= split == 0
-                    if stats_normal_only:
-                        sel &= np.isin(y, normal_codes)
-                    stats.update(x[sel])
-                writer.append(x, y, split)
-                label_counts = np.pad(label_counts, (0, len(classes) - len(label_counts)))
-                label_counts += np.bincount(y[y >= 0], minlength=len(classes))
-                split_counts += np.bincount(split, minlength=3)
-                row_no += len(batch)
-                data_index += len(batch)
-
-            if writer.n_rows == 0:
-                raise ValueError(f"{path}: no valid data rows (bad rows: {n_bad})")
-            if ref is not None:
-                stats_attr = dict(ref.attrs["stats"])
-                stats_attr["rows"] = f"copied from reference {ref.path}: {stats_attr.get('rows')}"
-            else:
-                what = "train split" if stats_rows == "train" else "all"
-                stats_attr = stats.to_attr(
-                    f"{what} rows" + (", normal only" if stats_normal_only else "")
-                )
-            bad_attr = {
-                "count": n_bad,
-                "rows": bad_listed,
-                "policy": on_bad_rows,
-                "examples": [{"row": r, "reason": reason} for r, reason in bad_examples],
-            }
-            label_column = None if spec.label_index is None else spec.columns[spec.label_index]
+        with StoreWriter(out, layout.feature_names, chunk_rows, overwrite, protect=inputs,
+                         target_names=spec.target_names) as writer:  # fmt: skip
+            acc = RowAccumulator(
+                writer, options, path, spec.label_classes, spec.normal_classes,
+                reference=ref, layout=layout, first_row=consumed + 1, hint=hint, t0=t0,
+            )  # fmt: skip
+            _add_records(reader, spec, acc)
+            comment_lines = lines.comments - comments_before
+            acc.blank -= comment_lines
             attrs = {
                 "format": fmt,
                 "source": str(path.resolve()),
                 "columns": spec.columns,
-                "label_column": label_column,
+                "label_column": spec.label_column,
                 "ignored_columns": spec.ignored,
-                "feature_names": layout.feature_names,
-                "categories": layout.categories,
-                "label_classes": classes,
-                "normal_classes": spec.normal_classes,
-                "stats": stats_attr,
-                "bad_rows": bad_attr,
-                "blank_lines": blank,
-                "split_fractions": list(fractions),
-                "split_seed": int(split_seed),
-                "reference": None if ref is None else str(ref.path),
             }
-            n_rows = writer.n_rows
-            writer.close(attrs)
+            if sep != "," or comment:
+                attrs.update(separator=sep, comment=comment, comment_lines=comment_lines)
+            acc.close(attrs)
 
-    seconds = time.perf_counter() - t0
-    report = {
-        "store": str(out),
-        "source": str(path),
-        "format": fmt,
-        "rows": int(n_rows),
-        "n_features": layout.n_features,
-        "bad_rows": {
-            "count": n_bad,
-            "rows": bad_listed[:20],
-            "policy": on_bad_rows,
-            "examples": bad_attr["examples"],
-        },
-        "blank_lines": blank,
-        "splits": dict(zip(SPLIT_NAMES, (int(v) for v in split_counts), strict=True)),
-        "labels": {c: int(v) for c, v in zip(classes, label_counts, strict=False)},
-        "unknown_categories": unknown,
-        "stats_rows": int(stats_attr["count"]),
-        "seconds": round(seconds, 3),
-        "rows_per_s": round(n_rows / seconds, 1) if seconds > 0 else None,
-        "bytes": _dir_bytes(out),
-    }
-    if ref is None and stats.count == 0:
-        report["warning"] = "no rows matched the statistics selection; stored mean 0, std 1"
-    return report
+    extra = {}
+    if detected is not None:
+        extra["format_detected"] = detected.reason
+    if comment:
+        extra["comment_lines"] = comment_lines
+    return ingest_report(acc, out, path, fmt, **extra)
+
+
+def _format_of(path, ref, header, sep, comment) -> CsvFormat:
+    """The format of a file ingested without ``fmt``: its reference's, else detected."""
+    ref_fmt = None if ref is None else _FORMAT_OF_REFERENCE.get(ref.attrs.get("format"))
+    if ref_fmt is None:
+        return detect_csv_format(path, header, sep, comment)
+    return CsvFormat(
+        ref_fmt,
+        ref.attrs.get("separator", ",") if sep is None else sep,
+        ref.attrs.get("comment") if comment is None else comment,
+        f"the format of reference {ref.path}",
+    )
+
+
+def _read_head(reader, lines: _Lines, path, header: bool, fmt: str):
+    """Read up to the first data record; say how many columns the file has.
+
+    Returns ``(header names or None, number of columns or None, records consumed before the
+    data, comment lines among them, the records from the first data record on)``.
+    """
+    header_names, consumed = None, 0
+    if header:
+        for first in reader:
+            consumed += 1
+            if first:
+                header_names = [h.strip() for h in first]
+                break
+        if header_names is None:
+            raise ValueError(f"{path} is empty")
+    comments_before = lines.comments
+    # The first non-blank data record fixes the column count of a headerless file (and
+    # reads past a Zeek log's #fields line).
+    peek = []
+    for row in reader:
+        peek.append(row)
+        if row:
+            break
+    if header_names is None and lines.fields is not None:
+        header_names = lines.fields
+    ncols = len(header_names) if header_names is not None else None
+    if ncols is None and fmt == "generic":
+        if not peek or not peek[-1]:
+            raise ValueError(f"{path} has no data rows")
+        ncols = len(peek[-1])
+    return header_names, ncols, consumed, comments_before, itertools.chain(peek, reader)
+
+
+def _add_records(reader, spec: ColumnSpec, acc: RowAccumulator) -> None:
+    """Parse the records batch by batch and hand each batch to the accumulator."""
+    layout = spec.layout
+    read = layout.numeric_columns + spec.target_indices
+    n_num = len(layout.numeric_columns)
+    get_numeric = _getter(read)
+    while batch := list(itertools.islice(reader, _BATCH_ROWS)):
+        good, rows, numeric, bad, nblank = _parse_batch(batch, spec, read, get_numeric)
+        codes = [
+            layout.codes(k, [r[i] for r in rows]) for k, i in enumerate(layout.categorical_columns)
+        ]
+        labels = None
+        if spec.label_index is not None:
+            labels = [r[spec.label_index] for r in rows]
+        acc.add(
+            len(batch),
+            acc.features(numeric[:, :n_num], codes),
+            labels,
+            numeric[:, n_num:] if spec.target_indices else None,
+            good=good,
+            bad=bad,
+            blank=nblank,
+        )

@@ -1,8 +1,17 @@
-"""Column layouts of the supported CSV formats (NSL-KDD, HTRU2).
+"""Column layouts: the fixed formats (NSL-KDD, HTRU2) and how raw columns become features.
 
-One source of truth for the ingest code and the synthetic traffic generator, so that a
-synthetic log and a real NSL-KDD file produce identical feature layouts.
+One source of truth for every ingest path (CSV, Parquet, adopted Zarr) and the synthetic
+traffic generator, so that a synthetic log and a real NSL-KDD file produce identical feature
+layouts.  :class:`FeatureLayout` maps raw columns to the float32 feature columns of a store
+(numeric as they are, categorical one-hot with an ``<unknown>`` slot); it knows nothing about
+files.
 """
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
 
 NSLKDD_COLUMNS = [
     "duration", "protocol_type", "service", "flag", "src_bytes", "dst_bytes", "land",
@@ -57,3 +66,89 @@ HTRU2_COLUMNS = [
 HTRU2_LABEL = "class"
 
 UNKNOWN = "<unknown>"
+
+
+# --------------------------------------------------------------------------------------
+# Feature layout
+# --------------------------------------------------------------------------------------
+
+
+class FeatureLayout:
+    """How raw columns become feature columns: numeric as is, categorical one-hot in place.
+
+    Parameters
+    ----------
+    columns : list of str
+        Raw column names.
+    feature_columns : list of int
+        Indices of the raw columns that become features, in order.
+    categories : dict
+        ``{column name: vocabulary}`` for the categorical feature columns.  ``"<unknown>"`` is
+        appended to a vocabulary that does not already end with it.
+    """
+
+    def __init__(self, columns, feature_columns, categories):
+        self.columns = list(columns)
+        self.feature_columns = list(feature_columns)
+        self.categories = {}
+        for c, vocab in categories.items():
+            vocab = [v for v in vocab if v != UNKNOWN] + [UNKNOWN]
+            self.categories[c] = vocab
+        names: list[str] = []
+        self.numeric_columns: list[int] = []  # raw indices
+        self.numeric_pos: list[int] = []  # their feature positions
+        self.categorical_columns: list[int] = []
+        self.offsets: list[int] = []  # first feature position of each categorical column
+        self.luts: list[dict[str, int]] = []
+        for i in self.feature_columns:
+            c = self.columns[i]
+            if c in self.categories:
+                vocab = self.categories[c]
+                self.categorical_columns.append(i)
+                self.offsets.append(len(names))
+                self.luts.append({v: k for k, v in enumerate(vocab)})
+                names.extend(f"{c}={v}" for v in vocab)
+            else:
+                self.numeric_columns.append(i)
+                self.numeric_pos.append(len(names))
+                names.append(c)
+        self.feature_names = names
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    def codes(self, k: int, values) -> np.ndarray:
+        """Vocabulary codes of the ``k``-th categorical column; unseen values -> ``<unknown>``."""
+        lut = self.luts[k]
+        unknown = len(lut) - 1
+        return np.fromiter(map(lut.get, values, itertools.repeat(unknown)), np.intp)
+
+    def encode(self, numeric: np.ndarray, codes: list[np.ndarray]) -> np.ndarray:
+        """Build the float32 feature block.
+
+        Parameters
+        ----------
+        numeric : array (n, n_numeric)
+            Numeric columns in ``numeric_columns`` order.
+        codes : list of int arrays (n,)
+            One per categorical column, in ``categorical_columns`` order.
+        """
+        n = numeric.shape[0]
+        x = np.zeros((n, self.n_features), dtype=np.float32)
+        x[:, self.numeric_pos] = numeric
+        rows = np.arange(n)
+        for off, c in zip(self.offsets, codes, strict=True):
+            x[rows, off + c] = 1.0
+        return x
+
+
+def nslkdd_layout(categories: dict | None = None) -> FeatureLayout:
+    """The NSL-KDD feature layout (label and difficulty excluded); 125 features by default."""
+    cols = NSLKDD_COLUMNS
+    skip = {NSLKDD_LABEL, *NSLKDD_IGNORE}
+    return FeatureLayout(
+        cols,
+        [i for i, c in enumerate(cols) if c not in skip],
+        NSLKDD_CATEGORIES if categories is None else categories,
+    )

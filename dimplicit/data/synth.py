@@ -3,7 +3,7 @@
 Rows are generated in fixed internal blocks of 8192 rows; block ``b`` draws from its own
 generator seeded with ``(seed, b)``, and a short last block is drawn whole and cut, so row
 ``i`` depends only on ``(seed, i)``: a smaller data set is a prefix of a larger one.  The split
-of row ``i`` also depends only on ``(seed, i)`` (:func:`~dimplicit.data.store.assign_splits`).
+of row ``i`` also depends only on ``(seed, i)`` (:func:`~dimplicit.data.preprocess.assign_splits`).
 Output is therefore identical for a given seed whatever ``chunk_rows`` is, and memory stays at
 one block plus the writer's one chunk, whatever the number of rows.
 
@@ -27,20 +27,19 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from dimplicit.atomic import write_file
 from dimplicit.data import schema
-from dimplicit.data.ingest import nslkdd_layout
+from dimplicit.data.preprocess import RunningStats, assign_splits, check_split_fractions
+from dimplicit.data.schema import nslkdd_layout
 from dimplicit.data.store import (
     DEFAULT_CHUNK_ROWS,
     SPLIT_NAMES,
-    RunningStats,
+    OutputExistsError,
     StoreWriter,
-    assign_splits,
-    check_split_fractions,
 )
 
 LABEL_CLASSES = ["normal", "flooding", "scanning", "login_abuse"]
@@ -451,22 +450,18 @@ def synth_traffic_csv(
     t0 = time.perf_counter()
     _check_args(rows, seed, attack_fraction)
     out = Path(out)
-    if out.exists() and (not overwrite or not out.is_file()):
-        raise FileExistsError(
-            f"{out} already exists"
-            + ("; pass overwrite=True (--overwrite) to replace it" if out.is_file() else "")
-        )
+    if os.path.lexists(out) and (not overwrite or not out.is_file()):
+        if out.is_file():
+            raise OutputExistsError(out)
+        raise FileExistsError(f"{out} exists and is not a file; refusing to replace it")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"parent directory of {out} does not exist")
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     label_counts = np.zeros(len(LABEL_CLASSES), dtype=np.int64)
-    try:
-        with open(tmp, "w", newline="") as f:
-            for _, numeric, codes, labels in traffic_blocks(rows, seed, attack_fraction):
-                f.write(_format_block(numeric, codes, labels))
-                label_counts += np.bincount(labels, minlength=len(LABEL_CLASSES))
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    def write(fh):
+        for _, numeric, codes, labels in traffic_blocks(rows, seed, attack_fraction):
+            fh.write(_format_block(numeric, codes, labels).encode("ascii"))
+            label_counts[:] += np.bincount(labels, minlength=len(LABEL_CLASSES))
+
+    write_file(out, write, replace=overwrite)
     return _report(out, "csv", rows, label_counts, None, t0)

@@ -1,18 +1,20 @@
 """Functions that run *on the workers*: load a chunk, compute a block's sums, update weights.
 
 They are pure functions of their arguments, so Dask may run them anywhere and re-run them
-after a worker dies; the trained weights cannot tell the difference (DESIGN §4).
+after a worker dies; the trained weights cannot tell the difference (docs/design.md §4).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from dimplicit.backend import get_backend
-from dimplicit.data.store import open_store, standardize
+from dimplicit.backend import array_module, get_backend
+from dimplicit.data.preprocess import standardize
+from dimplicit.data.store import SPLIT_CODES, open_store
 from dimplicit.model import ImplicitModel
 from dimplicit.optim import apply_update
 from dimplicit.partition import (
@@ -24,7 +26,6 @@ from dimplicit.partition import (
 )
 
 TASKS = ("classify", "regress", "autoencode")
-SPLITS = {"train": 0, "validation": 1, "test": 2}
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,9 @@ class DataSpec:
 
     Parameters
     ----------
-    store : str
-        Path of the Zarr store.
+    store : str or Store
+        Path of the Zarr store, or an opened :class:`~dimplicit.data.store.Store` (e.g. one
+        built in memory from arrays, for the in-process executor).
     task : {"classify", "regress", "autoencode"}
         ``classify``: Y = label codes (cross-entropy); ``regress``: Y = numeric label value;
         ``autoencode``: Y = U (reconstruction).
@@ -46,7 +48,7 @@ class DataSpec:
         Backend of the loaded arrays.
     """
 
-    store: str
+    store: Any
     task: str = "classify"
     normal_only: bool = False
     standardize: bool = True
@@ -60,7 +62,7 @@ class DataSpec:
 
 def eligible_mask(store, labels, split, spec: DataSpec, split_name: str) -> np.ndarray:
     """Rows of a chunk that belong to ``split_name`` (and are normal, if asked)."""
-    keep = np.asarray(split) == SPLITS[split_name]
+    keep = np.asarray(split) == SPLIT_CODES[split_name]
     if spec.normal_only:
         keep &= store.is_normal(labels)
     return keep
@@ -91,7 +93,11 @@ def load_chunk(spec: DataSpec, chunk: int, split_name: str):
     labels = labels[keep]
     if spec.task == "classify":
         Y = labels.astype(np.int64)
-    elif spec.task == "regress":
+    elif spec.task == "regress" and store.targets is not None:
+        Y = np.asarray(store.targets[sl], dtype=U.dtype)[keep]
+        if spec.standardize:  # undone at prediction time (meta["training"]["target_scaler"])
+            Y = standardize(Y, store.target_mean, store.target_std)
+    elif spec.task == "regress":  # stores from before float targets: numeric label classes
         values = np.asarray([float(v) for v in store.label_classes], dtype=U.dtype)
         Y = values[labels][:, None]
     else:
@@ -129,38 +135,74 @@ def block_sums(params, template, data, config, seed, epoch, chunk, block, rows, 
 
 
 def eval_sums(params, template, data, config, device, dtype):
-    """Loss sums of a whole chunk (validation): forward only, no gradients needed."""
+    """Validation sums of a whole chunk: forward only, no gradients.
+
+    Besides the loss, the sums every model-selection metric needs, so that metrics are
+    computed from reduced sums and rows never travel to the client: ``correct``
+    (classification), and ``sse``, ``y_sum``, ``y_sq_sum`` (R² of regression targets).
+    """
     from dimplicit.forward import predict
     from dimplicit.losses import loss_and_grad
 
     U, Y = data
+    out = {"loss": 0.0, "count": 0, "unconverged": 0, "correct": 0}
+    out |= {"sse": 0.0, "y_sum": 0.0, "y_sq_sum": 0.0}
+    if U.shape[0] == 0:
+        return out
     be = get_backend(device, dtype)
     model = with_params(template, params).astype(be)
-    if U.shape[0] == 0:
-        return {"loss": 0.0, "count": 0, "unconverged": 0}
     Yhat, _, stats = predict(model, U, config.forward)
     loss, _ = loss_and_grad(config.loss, Yhat, Y)
-    return {"loss": float(loss), "count": int(U.shape[0]), "unconverged": stats.n_unconverged}
+    out |= {"loss": float(loss), "count": int(U.shape[0]), "unconverged": stats.n_unconverged}
+    if Y.ndim == 1:  # class codes
+        out["correct"] = int((Yhat.argmax(axis=1) == Y).sum())
+    else:
+        out["sse"] = float(((Yhat - Y) ** 2).sum())
+        out["y_sum"] = float(Y.sum())
+        out["y_sq_sum"] = float((Y * Y).sum())
+    return out
 
 
 def add_eval(a, b):
     return {k: a[k] + b[k] for k in a}
 
 
-def update(params, state, total, step, optimizer, template):
-    """Optimizer step + projection from reduced sums (a task); returns ``(params, state)``."""
-    grads = mean_gradients(total)
-    return apply_update(
-        optimizer, params, grads, state, step, template.masks, template.kappa, template.structure
-    )
+def update(params, state, total, step, optimizer, template, on_divergence="stop"):
+    """Optimizer step + projection from reduced sums (a task).
+
+    Returns ``(params, state, finite)``.  When the loss, a gradient or a new weight is not
+    finite, the step is not applied: the old weights and state come back with
+    ``finite=False``, so no NaN ever reaches a checkpoint or the next step.
+    """
+    finite = _all_finite(total["loss"], total["grads"].values())
+    if finite:
+        grads = mean_gradients(total)
+        new_params, new_state = apply_update(
+            optimizer, params, grads, state, step, template.masks, template.kappa,
+            template.structure,
+        )  # fmt: skip
+        finite = _all_finite(0.0, new_params.values())
+        if finite:
+            return new_params, new_state, True
+    return params, state, False
 
 
-def step_summary(total):
-    """The small per-step record fetched by the client (loss, iterations)."""
+def _all_finite(loss, arrays) -> bool:
+    if not np.isfinite(loss):
+        return False
+    for a in arrays:
+        if not bool(array_module(a).isfinite(a).all()):
+            return False
+    return True
+
+
+def step_summary(total, finite=True):
+    """The small per-step record fetched by the client (loss, iterations, divergence)."""
     return {
         **summarize_stats(total),
         "count": total["count"],
         "task_seconds": total["stats"].get("task_seconds", 0.0),
+        "finite": bool(finite),
     }
 
 
