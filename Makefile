@@ -13,14 +13,14 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed            ## generate traffic, train, score, evaluate, plot
-	$(BIN)/dimplicit demo
+	$(BIN)/dimplicit demo --workers 2
 
 test: $(BIN)/.installed            ## lint + the whole test suite
 	$(BIN)/ruff check dimplicit tests scripts
 	$(BIN)/pytest -q
 
 bench: $(BIN)/.installed           ## the benchmark figures quoted in the README
-	$(BIN)/dimplicit bench core --hidden 1024 --batch 4096 --dtype float32
+	$(BIN)/dimplicit bench core --hidden 1024 --batch-size 4096 --dtype float32
 	$(BIN)/dimplicit bench distributed --hidden 512 --block-rows 8192
 
 clean:

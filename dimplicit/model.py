@@ -137,6 +137,9 @@ class ImplicitModel:
             names = header["activation"]
             spec = names[0] if len(set(names)) == 1 else names
             act = Activation(spec, params["A"].shape[0])
+            scaler = (header.get("meta", {}).get("training", {}).get("scaler")) or {}
+            if scaler and len(scaler["mean"]) != params["B"].shape[1]:
+                raise ValueError("header field meta.training.scaler has the wrong length")
             return cls(params, act, masks, header.get("kappa"), header.get("meta", {}))
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: malformed dimplicit model file ({exc})") from None
@@ -156,6 +159,14 @@ def check_model_header(header) -> None:
     need(isinstance(header, dict), "(top level)", "a JSON object")
     if header.get("format") != "dimplicit-model":
         raise ValueError("not a dimplicit model file")
+    version = header.get("version")
+    need(
+        isinstance(version, int) and not isinstance(version, bool) and 1 <= version,
+        "version",
+        "a positive integer",
+    )
+    if version > FORMAT_VERSION:
+        raise ValueError(f"model format version {version}; this dimplicit reads {FORMAT_VERSION}")
     names = header.get("activation")
     need(
         isinstance(names, list) and names and all(isinstance(n, str) for n in names),
@@ -172,13 +183,15 @@ def check_model_header(header) -> None:
     need(isinstance(meta, dict), "meta", "a JSON object")
     training = meta.get("training", {})
     need(isinstance(training, dict), "meta.training", "a JSON object")
-    for key, kind, what in (
-        ("task", str, "a string"),
-        ("feature_names", list, "a list"),
-        ("label_classes", list, "a list"),
-        ("normal_classes", list, "a list"),
-    ):
-        need(key not in training or isinstance(training[key], kind), f"meta.training.{key}", what)
+    need(training.get("task", "autoencode") in ("classify", "regress", "autoencode"),
+         "meta.training.task", "classify, regress or autoencode")  # fmt: skip
+    for key in ("feature_names", "label_classes", "normal_classes", "target_names"):
+        value = training.get(key, [])
+        need(
+            value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value)),
+            f"meta.training.{key}",
+            "a list of strings",
+        )
     forward = training.get("forward")
     if forward is not None:
         need(isinstance(forward, dict), "meta.training.forward", "a JSON object")
@@ -189,14 +202,20 @@ def check_model_header(header) -> None:
             SolverOptions(**forward)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"header field meta.training.forward: {exc}") from None
-    scaler = training.get("scaler")
-    if scaler is not None:
-        need(
-            isinstance(scaler, dict)
-            and all(isinstance(scaler.get(k), list) for k in ("mean", "std")),
-            "meta.training.scaler",
-            "an object with lists mean and std",
-        )
+    for name in ("scaler", "target_scaler"):
+        scaler = training.get(name)
+        if scaler is not None:
+            need(
+                isinstance(scaler, dict)
+                and all(
+                    isinstance(scaler.get(k), list)
+                    and all(isinstance(x, int | float) and not isinstance(x, bool)
+                            for x in scaler[k])
+                    for k in ("mean", "std")
+                ),
+                f"meta.training.{name}",
+                "an object with lists of numbers mean and std",
+            )  # fmt: skip
     cal = meta.get("calibration")
     if cal is not None:
         required = ("mean", "std", "threshold")

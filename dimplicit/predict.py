@@ -193,6 +193,7 @@ def write_output(
     desc: str = "",
     quiet: bool = False,
     publish: Callable = publish_output,
+    client=None,
 ) -> dict:
     """Store lazy per-row arrays as a new output of ``kind`` at ``out``, atomically.
 
@@ -219,12 +220,15 @@ def write_output(
     publish : callable
         Moves the finished temporary into place (default
         :func:`~dimplicit.data.store.publish_output`, with the same arguments).
+    client : distributed.Client, optional
+        Where to compute (default: the current client, else the local scheduler).
 
     Returns
     -------
     dict
         Every attribute written.
     """
+    from dimplicit.distributed.connect import on_client
     from dimplicit.progress import store_with_progress
 
     out = Path(out)
@@ -242,7 +246,8 @@ def write_output(
             )  # fmt: skip
             for name, arr, dtype in columns
         ]
-        store_with_progress([arr for _, arr, _ in columns], targets, desc, quiet=quiet)
+        with on_client(client):
+            store_with_progress([arr for _, arr, _ in columns], targets, desc, quiet=quiet)
         full = {
             "format": kind,
             "source": str(Path(store.path).resolve()),
@@ -286,11 +291,12 @@ def predict_store(
     options: SolverOptions | None = None,
     protect=(),
     quiet: bool = False,
+    client=None,
 ) -> dict:
     """Predict every row of store ``data`` into a new prediction output at ``out``.
 
-    Runs on the current Dask client (or the local scheduler).  What is written depends on
-    the model's task: see the module docstring.
+    Runs on ``client`` (default: the current one, else the local scheduler).  What is
+    written depends on the model's task: see the module docstring.
 
     Parameters
     ----------
@@ -365,6 +371,7 @@ def predict_store(
     written = write_output(
         store, out, PREDICTIONS_FORMAT, columns, attrs, overwrite=overwrite,
         protect=protect, summarize=summarize, desc="predict", quiet=quiet,
+        client=client,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     report = {

@@ -102,3 +102,24 @@ def make_store(tmp_path):
         return write_teacher_store(tmp_path / name, **kw)
 
     return make
+
+
+def make_trainer(store, **kw):
+    """The trainer the training tests share: a 6-16-3 dense classifier on a teacher store,
+    2 epochs of 1000-row steps in 250-row blocks; ``kw`` overrides any option."""
+    from dimplicit.distributed.tasks import DataSpec
+    from dimplicit.distributed.trainer import Trainer
+    from dimplicit.model import dense_model
+    from dimplicit.optim import OptimizerConfig
+    from dimplicit.partition import StepConfig
+
+    opts = dict(
+        config=StepConfig("cross_entropy"),
+        optimizer=OptimizerConfig(lr=1e-2),
+        epochs=2,
+        batch_size=1000,
+        block_rows=250,
+        seed=0,
+    )
+    opts.update(kw)
+    return Trainer(dense_model(6, 16, 3, seed=0), DataSpec(str(store), "classify"), **opts)

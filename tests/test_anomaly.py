@@ -221,3 +221,45 @@ def test_end_to_end_on_an_nsl_kdd_slice(slice_data, tmp_path, capsys):
         (tmp_path / "plots" / f).stat().st_size > 10_000
         for f in ("score_histogram.png", "roc_curve.png")
     )
+
+
+def test_metrics_from_histograms_match_scikit_learn():
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    from dimplicit.anomaly.metrics import metrics_from_histograms, score_histogram
+
+    rng = np.random.default_rng(4)
+    normal = rng.lognormal(0.0, 0.4, 3000)
+    odd = rng.lognormal(1.0, 0.5, 300)
+    halves = [score_histogram(normal[:1500]) + score_histogram(normal[1500:]),
+              score_histogram(odd[:7]) + score_histogram(odd[7:])]  # fmt: skip
+    got = metrics_from_histograms(*halves)
+    raw = np.r_[normal, odd]
+    y = np.r_[np.zeros(3000, bool), np.ones(300, bool)]
+    assert got["val_auc"] == pytest.approx(roc_auc_score(y, raw), abs=2e-3)
+    best = max(f1_score(y, raw >= t) for t in np.quantile(raw, np.linspace(0.5, 0.999, 400)))
+    assert got["val_f1"] == pytest.approx(best, abs=5e-3)
+    assert metrics_from_histograms(halves[0], score_histogram([])) == {
+        "val_f1": None, "val_auc": None,
+    }  # fmt: skip
+
+
+def test_autoencoder_selects_the_best_validation_auc_on_the_workers(traffic):
+    """val_auc from reduced histograms equals the in-memory anomaly rule on the best model."""
+    from dimplicit.anomaly.score import calibrate_on_store
+    from dimplicit.distributed.tasks import DataSpec
+    from dimplicit.distributed.trainer import Trainer
+    from dimplicit.partition import StepConfig
+
+    path, model = traffic
+    t = Trainer(
+        model, DataSpec(str(path), "autoencode", normal_only=True), config=StepConfig("mse"),
+        epochs=3, batch_size=500, eval_every=4, select_best="val_auc", executor="local",
+    ).fit()  # fmt: skip
+    aucs = [r["val_auc"] for r in t.evaluations_]
+    assert all(a is not None for a in aucs) and t.best_["value"] == max(aucs)
+    import dask
+
+    with dask.config.set(scheduler="sync"):
+        cal = calibrate_on_store(t.model_, path, "validation")
+    assert cal.val_auc == pytest.approx(t.best_["value"], abs=2e-3)

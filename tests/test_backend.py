@@ -113,7 +113,7 @@ def _gpu_count():
 @pytest.mark.skipif(_gpu_count() < 2, reason="needs two GPUs and dask-cuda")
 def test_weights_identical_on_1_and_2_gpu_workers(teacher_store):
     pytest.importorskip("dask_cuda")
-    from dimplicit.distributed.cluster import connect
+    from dimplicit.distributed.connect import connect
     from dimplicit.distributed.tasks import DataSpec
     from dimplicit.distributed.trainer import Trainer
 

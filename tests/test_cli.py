@@ -63,32 +63,12 @@ SHARED = {
     "--overwrite": Spec(flag=True),
 }
 
-# Commands being rewritten by another change (ingest, synth): what still differs.
-SPLIT_FRACTIONS = "--split takes train,validation,test fractions here but names a split in " \
-    "evaluate; rename it --split-fractions (the old spelling as a hidden alias)"  # fmt: skip
-KNOWN_VOCABULARY = {
-    ("ingest", "--out"): "metavar STORE; PATH everywhere else (synth --out is a store or a CSV)",
-    ("ingest", "--split"): SPLIT_FRACTIONS,
-    ("synth traffic", "--split"): SPLIT_FRACTIONS,
-}
-OLD_DEFAULT = "hand-written '(default X)': write '(default: X)' or leave it to the formatter"
-KNOWN_DEFAULTS = {
-    ("ingest", "--chunk-rows"): OLD_DEFAULT,
-    ("ingest", "--on-bad-rows"): OLD_DEFAULT,
-    ("ingest", "--split"): OLD_DEFAULT,
-    ("ingest", "--seed"): OLD_DEFAULT,
-    ("ingest", "--stats-rows"): OLD_DEFAULT,
-    ("synth traffic", "--seed"): OLD_DEFAULT,
-    ("synth traffic", "--attack-fraction"): OLD_DEFAULT,
-    ("synth traffic", "--split"): OLD_DEFAULT,
-    ("synth traffic", "--chunk-rows"): OLD_DEFAULT,
-}
+# Known mismatches in commands being rewritten elsewhere: none at present.
+KNOWN_VOCABULARY: dict = {}
+KNOWN_DEFAULTS: dict = {}
 #: Commands that show progress on stderr, hence take --quiet.
 PROGRESS_COMMANDS = ("train", "score", "predict", "demo", "ingest", "synth traffic")
-KNOWN_QUIET = {
-    "ingest": "progress not wired yet (dimplicit.progress.row_progress)",
-    "synth traffic": "progress not wired yet (dimplicit.progress.row_progress)",
-}
+KNOWN_QUIET: dict = {}
 
 
 def options():

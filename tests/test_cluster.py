@@ -102,7 +102,15 @@ def parse_cluster_args(argv: list[str]) -> argparse.Namespace:
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
-def test_default_connect_starts_local_worker_processes_on_localhost(capsys):
+def test_default_connect_starts_local_worker_processes_on_localhost():
+    import logging
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    logger = logging.getLogger("dimplicit")
+    logger.addHandler(handler)
+    level, _ = logger.level, logger.setLevel(logging.INFO)
     # Only sockets opened by this cluster count (other tests may have left some behind).
     before = listening_sockets(process_tree([os.getpid()]))
     with connect(workers=2) as client:
@@ -121,9 +129,13 @@ def test_default_connect_starts_local_worker_processes_on_localhost(capsys):
         new_sockets = listening_sockets(tree) - before
         assert len(new_sockets) >= 5  # scheduler + its HTTP port, 2 nannies, 2 workers
         assert {ip for _, ip, _ in new_sockets} == {"127.0.0.1"}
-    # One summary line on stderr, with the dashboard link.
-    err = capsys.readouterr().err
-    assert "dask: 2 worker(s), 1 thread(s) each" in err and "dashboard http://127.0.0.1:" in err
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+    # One summary record (the CLI prints it on stderr), with the dashboard link.
+    summary = [r.getMessage() for r in seen if r.getMessage().startswith("dask:")]
+    assert len(summary) == 1, summary
+    assert "dask: 2 worker(s), 1 thread(s) each" in summary[0]
+    assert "dashboard http://127.0.0.1:" in summary[0]
     # Leaving the block shuts the cluster down.
     deadline = time.monotonic() + 10
     workers = [p for p in tree if p.pid in worker_pids]

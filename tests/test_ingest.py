@@ -310,10 +310,54 @@ def test_cli_ingest(kdd_csv, tmp_path, capsys):
     shutil.copy(kdd_csv, bad)
     with open(bad, "a") as f:
         f.write("0,tcp,http\n")
-    args = ["ingest", str(bad), "--out", str(tmp_path / "b.zarr"), "--split", "1,0,0"]
+    args = ["ingest", str(bad), "--out", str(tmp_path / "b.zarr"), "--split-fractions", "1,0,0"]
     assert main(args) == 2
     assert f"row {KDD_ROWS + 1}: expected 43 fields, got 3" in capsys.readouterr().err
     assert main([*args, "--on-bad-rows", "skip", "--stats-rows", "all"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["bad_rows"]["rows"] == [KDD_ROWS + 1]
     assert "skipped 1 bad row" in captured.err
+
+
+def test_cli_split_fractions_and_its_old_spelling(kdd_csv, tmp_path, capsys):
+    for flag in ("--split-fractions", "--split"):  # --split: hidden alias
+        out = tmp_path / f"{flag}.zarr"
+        assert main(["ingest", str(kdd_csv), "--out", str(out), "--format", "nsl-kdd", flag,
+                     "0,1,0"]) == 0  # fmt: skip
+        assert json.loads(capsys.readouterr().out)["splits"] == {
+            "train": 0, "validation": KDD_ROWS, "test": 0
+        }  # fmt: skip
+
+
+def test_cli_ingest_progress_on_stderr_unless_quiet(kdd_csv, kdd_store, tmp_path, monkeypatch,
+                                                    capsys):  # fmt: skip
+    """CSV (rows, rows/s; no total), Parquet and adopted Zarr (rows of a known total)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dimplicit import progress
+
+    parquet = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"a": np.arange(5000.0), "b": np.ones(5000)}), parquet,
+                   row_group_size=1000)  # fmt: skip
+    inputs = {
+        "csv": [str(kdd_csv), "--format", "nsl-kdd"],
+        "parquet": [str(parquet), "--format", "parquet"],
+        "zarr": ["--zarr-features", str(kdd_store[0])],
+    }
+    shown = {"csv": f"{KDD_ROWS / 1000:.2f}krows", "parquet": "5.00k/5.00k",
+             "zarr": f"{KDD_ROWS / 1000:.2f}k/{KDD_ROWS / 1000:.2f}k"}  # fmt: skip
+    # As on a terminal: progress_enabled says stderr is one.
+    monkeypatch.setattr(progress, "progress_enabled", lambda quiet=False: not quiet)
+    for kind, given in inputs.items():
+        out = ["--out", str(tmp_path / f"{kind}.zarr"), "--overwrite"]
+        assert main(["ingest", *given, *out]) == 0
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["rows"] > 0
+        assert "ingest" in captured.err and "rows/s" in captured.err, kind
+        assert shown[kind] in captured.err, (kind, captured.err)
+        assert main(["ingest", *given, *out, "--quiet"]) == 0
+        assert capsys.readouterr().err == "", kind
+    monkeypatch.undo()  # stderr is not a terminal under pytest: no bar without --quiet either
+    assert main(["ingest", *inputs["csv"], "--out", str(tmp_path / "c.zarr")]) == 0
+    assert capsys.readouterr().err == ""

@@ -109,3 +109,129 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         dense_model(2, 3, 1, seed=1).save(path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+
+
+# ----------------------------------------------------------------------------- header fuzz
+
+WRONG_VALUES = ([], "x", 3, -1, 2.5, None, {}, {"a": 1}, True, [1, "b"])
+
+
+def header_fields(doc, prefix=()):
+    """Every field path of a JSON header (dicts descended; lists and values are leaves)."""
+    for k, v in doc.items():
+        yield (*prefix, k)
+        if isinstance(v, dict):
+            yield from header_fields(v, (*prefix, k))
+
+
+def with_field(doc, path, value):
+    import copy
+
+    out = copy.deepcopy(doc)
+    node = out
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    return out
+
+
+def rewrite_header(src, dst, header):
+    import json
+
+    arrays = dict(np.load(src, allow_pickle=False))
+    arrays["header"] = np.array(json.dumps(header))
+    np.savez(dst, **arrays)
+
+
+@pytest.fixture(scope="module")
+def calibrated_model(tmp_path_factory):
+    from dimplicit.model import build_model
+
+    m = build_model("ae-dense", 4, 4, hidden=6, seed=0)
+    m.meta["training"] = {
+        "task": "autoencode",
+        "feature_names": list("abcd"),
+        "label_classes": ["normal", "x"],
+        "normal_classes": ["normal"],
+        "scaler": {"mean": [0.0] * 4, "std": [1.0] * 4},
+        "forward": {"solver": "picard", "tol": 1e-4, "max_iter": 50},
+    }
+    m.meta["calibration"] = {"mean": 1.0, "std": 0.5, "threshold": 2.0}
+    return m.save(tmp_path_factory.mktemp("fuzz") / "m.npz")
+
+
+def test_every_malformed_model_header_field_is_one_clear_error(calibrated_model, tmp_path):
+    """Each field replaced by each wrong type: a ValueError naming the file, or a model that
+    still loads (the value is valid there, e.g. kappa=None) — never another exception."""
+    import json
+
+    from dimplicit.model import ImplicitModel
+
+    header = json.loads(str(np.load(calibrated_model)["header"]))
+    refused = 0
+    for path in header_fields(header):
+        for value in WRONG_VALUES:
+            bad = tmp_path / "bad.npz"
+            rewrite_header(calibrated_model, bad, with_field(header, path, value))
+            try:
+                ImplicitModel.load(bad)
+            except ValueError as exc:
+                message = str(exc)
+                assert str(bad) in message and "\n" not in message, (path, value, message)
+                refused += 1
+    assert refused > 100
+    for top in ([], "x", 3, None):
+        bad = tmp_path / "top.npz"
+        rewrite_header(calibrated_model, bad, top)
+        with pytest.raises(ValueError, match="malformed"):
+            ImplicitModel.load(bad)
+
+
+def test_a_malformed_model_header_is_exit_2_and_one_line(calibrated_model, tmp_path, capsys):
+    import json
+
+    from dimplicit.cli import main
+
+    header = json.loads(str(np.load(calibrated_model)["header"]))
+    cases = [
+        ("meta", "x"),
+        ("meta.training", []),
+        ("meta.training.forward", {"unknown_option": 1}),
+        ("meta.calibration", {"mean": 1.0}),
+        ("activation", 3),
+    ]
+    for field, value in cases:
+        bad = tmp_path / "bad.npz"
+        rewrite_header(calibrated_model, bad, with_field(header, tuple(field.split(".")), value))
+        code = main(["score", "--model", str(bad), "--data", str(tmp_path), "--out",
+                     str(tmp_path / "o.zarr")])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, (field, err)
+        assert field.split(".")[-1] in err or "malformed" in err, (field, err)
+
+
+def test_every_malformed_checkpoint_header_field_is_one_clear_error(tmp_path):
+    import json
+
+    from dimplicit.distributed.checkpoint import load_checkpoint, save_checkpoint
+    from dimplicit.model import dense_model
+
+    m = dense_model(3, 4, 2, seed=0)
+    good = save_checkpoint(
+        tmp_path, params=m.params, state={"m/A": np.zeros(1)}, step=4, epoch=1,
+        header={"fingerprint": {"seed": 0}, "selection": {"value": 1.0, "step": 2,
+                "bad_evals": 0, "key": [1.0, 1.0]}},
+    )  # fmt: skip
+    header = json.loads(str(np.load(good)["header"]))
+    load_checkpoint(good)
+    refused = 0
+    for path in header_fields(header):
+        for value in WRONG_VALUES:
+            bad = tmp_path / "ckpt-bad.npz"
+            rewrite_header(good, bad, with_field(header, path, value))
+            try:
+                load_checkpoint(bad)
+            except ValueError as exc:
+                assert str(bad) in str(exc) and "\n" not in str(exc)
+                refused += 1
+    assert refused > 30

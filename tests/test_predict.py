@@ -414,24 +414,39 @@ def test_predict_refuses_a_zarr_that_is_not_a_store(clf, tmp_path, capsys):
 # ----------------------------------------------------------------------------- progress
 
 
-def test_store_with_progress_stores_in_batches_of_whole_chunks(monkeypatch, capsys):
+@pytest.mark.parametrize("scheduler", ["threads", "distributed"])
+def test_store_with_progress_writes_whole_chunk_groups(scheduler, tmp_path, monkeypatch, capsys):
+    import contextlib
+
     import dask.array as da
 
     from dimplicit import progress
 
-    monkeypatch.setattr(progress, "_parallelism", lambda: 1)  # 4 chunks per batch
+    monkeypatch.setattr(progress, "_MAX_GROUPS", 8)  # distributed: 8 groups of 4 chunks
     x = da.arange(3000 * 3, chunks=300).reshape(3000, 3).rechunk((100, 3)).astype("f4")
     y = x.sum(axis=1)
-    targets = [zarr.create_array(zarr.storage.MemoryStore(), shape=a.shape, chunks=a.chunksize,
-                                 dtype=a.dtype) for a in (x, y)]  # fmt: skip
-    calls = []
+    targets = [zarr.create_array(tmp_path / name, shape=a.shape, chunks=a.chunksize,
+                                 dtype=a.dtype) for name, a in (("x", x), ("y", y))]  # fmt: skip
+    regions = []
     real = da.store
-    monkeypatch.setattr(da, "store", lambda *a, **kw: calls.append(kw["regions"]) or real(*a, **kw))
-    local(progress.store_with_progress, [x, y], targets, "predict", enabled=True)
+    spy = lambda *a, **kw: regions.append(kw.get("regions")) or real(*a, **kw)  # noqa: E731
+    monkeypatch.setattr(da, "store", spy)
+    if scheduler == "distributed":
+        from distributed import Client
+
+        cluster = Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None)
+    else:
+        cluster = contextlib.nullcontext(dask.config.set(scheduler="threads"))
+    with cluster:
+        progress.store_with_progress([x, y], targets, "predict", enabled=True)
     np.testing.assert_array_equal(targets[0][:], x.compute())
     np.testing.assert_array_equal(targets[1][:], y.compute())
-    assert len(calls) == 8  # 30 chunks, 4 per batch
-    assert calls[0][0] == (slice(0, 400), slice(None)) and calls[0][1] == (slice(0, 400),)
+    if scheduler == "distributed":  # groups of whole chunks, each its own lazy store
+        assert len(regions) == 8
+        assert regions[0] == [(slice(0, 400), slice(None)), (slice(0, 400),)]
+        assert regions[-1] == [(slice(2800, 3000), slice(None)), (slice(2800, 3000),)]
+    else:  # one store, the rows counted as the blocks land
+        assert regions == [None]
     err = capsys.readouterr().err
     assert "predict" in err and "3.00k/3.00k" in err and "rows/s" in err
 

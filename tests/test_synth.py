@@ -185,3 +185,24 @@ def test_cli_synth(tmp_path, capsys):
     assert main(["synth", "traffic", "--rows", "100", "--out", str(csv_out), "--csv"]) == 0
     assert json.loads(capsys.readouterr().out)["kind"] == "csv"
     assert len(csv_out.read_text().splitlines()) == 100
+
+
+def test_cli_synth_progress_on_stderr_unless_quiet(tmp_path, monkeypatch, capsys):
+    from dimplicit import progress
+
+    # As on a terminal: progress_enabled says stderr is one.
+    monkeypatch.setattr(progress, "progress_enabled", lambda quiet=False: not quiet)
+    for kind, extra in (("zarr", []), ("csv", ["--csv"])):
+        args = ["synth", "traffic", "--rows", "20000", "--out", str(tmp_path / kind), *extra]
+        assert main([*args, "--split", "0.5,0.5,0"]) == 0  # the old spelling, hidden
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["rows"] == 20000
+        assert "synth" in captured.err and "20.0k/20.0k" in captured.err, captured.err
+        assert "rows/s" in captured.err
+        if kind == "zarr":
+            assert open_store(tmp_path / kind).attrs["split_fractions"] == [0.5, 0.5, 0.0]
+        assert main([*args, "--overwrite", "--quiet"]) == 0
+        assert capsys.readouterr().err == ""
+    monkeypatch.undo()  # stderr is not a terminal under pytest: no bar without --quiet either
+    assert main(["synth", "traffic", "--rows", "100", "--out", str(tmp_path / "z")]) == 0
+    assert capsys.readouterr().err == ""

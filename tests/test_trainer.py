@@ -6,6 +6,7 @@ import signal
 
 import numpy as np
 import pytest
+from conftest import make_trainer
 from distributed import Client, LocalCluster
 
 from dimplicit.cli import main
@@ -18,19 +19,6 @@ from dimplicit.optim import OptimizerConfig
 from dimplicit.partition import StepConfig
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def make_trainer(store, **kw):
-    opts = dict(
-        config=StepConfig("cross_entropy"),
-        optimizer=OptimizerConfig(lr=1e-2),
-        epochs=2,
-        batch_size=1000,
-        block_rows=250,
-        seed=0,
-    )
-    opts.update(kw)
-    return Trainer(dense_model(6, 16, 3, seed=0), DataSpec(str(store), "classify"), **opts)
 
 
 def run_on(n_workers, trainer, processes=False):
@@ -355,3 +343,49 @@ def test_keep_best_survives_a_resume(teacher_store, tmp_path):
     make_trainer(teacher_store, checkpoint_dir=ck, checkpoint_every=6, max_steps=24, **opts).fit()
     resumed = make_trainer(teacher_store, checkpoint_dir=ck, resume=True, **opts).fit()
     assert resumed.summary_["weights_sha256"] == full
+
+
+def test_a_lost_step_is_replayed_from_the_last_sync_with_the_same_weights(
+    teacher_store, tmp_path, monkeypatch
+):
+    """Dask cancels a step whose inputs it lost ('already forgotten'): the run replays from
+    the last synced weights and ends bitwise equal, every step logged once."""
+    from distributed.client import FutureCancelledError
+
+    from dimplicit.distributed.executor_dask import DaskExecutor
+
+    opts = dict(epochs=3, sync_every=4, select_best="val_loss", eval_every=5)
+    reference = run_on(1, make_trainer(teacher_store, executor="dask", **opts)).summary_
+    real, lost = DaskExecutor.results, []
+
+    def results(self, keep=0):
+        for step, epoch, summary in real(self, keep):
+            if step == 6 and not lost:
+                lost.append(step)
+                raise FutureCancelledError(f"summary-{step}", reason="already forgotten")
+            yield step, epoch, summary
+
+    monkeypatch.setattr(DaskExecutor, "results", results)
+    log = tmp_path / "m.jsonl"
+    t = run_on(1, make_trainer(teacher_store, executor="dask", metrics_log=log, **opts))
+    assert lost and t.summary_["weights_sha256"] == reference["weights_sha256"]
+    assert t.summary_["best"] == reference["best"]
+    steps = [json.loads(x)["step"] for x in log.read_text().splitlines() if '"step"' in x
+             and json.loads(x)["kind"] == "step"]  # fmt: skip
+    assert steps == list(range(reference["steps"]))
+
+
+def test_cli_train_without_a_checkpoint_dir_keeps_the_model(teacher_store, tmp_path, capsys,
+                                                             monkeypatch):  # fmt: skip
+    """The trained model is never thrown away: it goes to a new runs/DATE-TIME directory."""
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--data", str(teacher_store), "--hidden", "8", "--epochs", "1",
+            "--batch-size", "1000", "--no-progress"]  # fmt: skip
+    code, out, err = cli(capsys, *args)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["executor"] == "local"
+    model = tmp_path / summary["model"]
+    assert model.is_file() and model.parent.parent.name == "runs"
+    code, out2, _ = cli(capsys, *args)  # a second run gets its own directory
+    assert code == 0 and json.loads(out2)["model"] != summary["model"]

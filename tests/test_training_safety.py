@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import make_trainer as trainer
 
 from dimplicit.distributed.checkpoint import (
     DirectoryInUseError,
@@ -18,26 +19,10 @@ from dimplicit.distributed.checkpoint import (
     load_checkpoint,
     lock_directory,
 )
-from dimplicit.distributed.tasks import DataSpec
-from dimplicit.distributed.trainer import DivergenceError, Trainer
-from dimplicit.model import dense_model
+from dimplicit.distributed.trainer import DivergenceError
 from dimplicit.optim import OptimizerConfig
-from dimplicit.partition import StepConfig
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def trainer(store, **kw):
-    opts = dict(
-        config=StepConfig("cross_entropy"),
-        optimizer=OptimizerConfig(lr=1e-2),
-        epochs=2,
-        batch_size=1000,
-        block_rows=250,
-        seed=0,
-    )
-    opts.update(kw)
-    return Trainer(dense_model(6, 16, 3, seed=0), DataSpec(str(store), "classify"), **opts)
 
 
 def records(path, kind=None):
@@ -235,3 +220,44 @@ def test_resume_without_a_checkpoint_warns_and_starts_at_zero(teacher_store, tmp
     finally:
         logger.removeHandler(handler)
     assert any("no checkpoint" in m for m in seen) and t.summary_["resumed_from"] == 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_worker_processes_is_one_line_and_a_checkpoint(teacher_store, tmp_path):
+    """Ctrl-C reaches the whole foreground process group, workers included."""
+    ck = tmp_path / "ck"
+    args = cli_train(teacher_store, ck, "--epochs", "400", "--executor", "dask", "--workers", "2")
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    wait_for_steps(ck / "metrics.jsonl", 5, proc)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) <= 2, err  # the cluster's one-line summary, then the interruption
+    assert "checkpoint written to" in lines[-1]
+    assert list_checkpoints(ck)
+
+
+def test_a_worker_side_error_is_one_line_without_dask_logs(make_store, capsys):
+    """NaN features fail inside a worker task: the user sees one line, not Dask's logs."""
+    import zarr
+
+    from dimplicit.cli import main
+
+    path = make_store("nan.zarr", n=500, chunk=250)
+    g = zarr.open_group(path, mode="r+")
+    block = g["features"][:]
+    block[300, 2] = np.nan
+    g["features"][:] = block
+    code = main(
+        ["train", "--data", str(path), "--epochs", "1", "--batch-size", "250", "--no-progress",
+         "--executor", "dask", "--workers", "2", "--no-processes"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Compute Failed" not in err and "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "first at row 300" in errors[0], err

@@ -90,36 +90,44 @@ def _raw_scores(features, model, options):
 
 
 def calibrate_on_store(model, store_path, split: str = "validation", client=None) -> Calibration:
-    """Calibrate the z-score and the F1-optimal threshold on a store's validation rows."""
+    """Calibrate the z-score and the F1-optimal threshold on a store's validation rows.
+
+    ``client``: the Dask client to compute on (default: the current one, see
+    :func:`dimplicit.distributed.connect.on_client`).
+    """
+    from dimplicit.distributed.connect import on_client
+
     store = open_store(store_path)
     code = SPLIT_CODES[split]
     arrays = as_dask(store)
     raw = _raw_scores(arrays.features, model, forward_options(model))
     keep = arrays.split == code
-    r, labels, k = dask.compute(raw, arrays.labels, keep)
+    with on_client(client):
+        r, labels, k = dask.compute(raw, arrays.labels, keep)
     r, labels = r[k], labels[k]
     anomalous = ~store.is_normal(labels)
     return calibrate(r, anomalous)
 
 
-def calibrate_model(model, store, save_to=None) -> dict | None:
+def calibrate_model(model, store, save_to=None, client=None) -> dict | None:
     """Calibrate ``model`` on ``store``'s validation rows; record it in ``model.meta``.
 
-    Returns the calibration as a dict, or ``None`` (with a note on stderr) when the validation
-    rows do not hold both normal and anomalous labels.  ``save_to``: re-save the model there.
+    Returns the calibration as a dict, or ``None`` (with a logged warning) when the
+    validation rows do not hold both normal and anomalous labels.  ``save_to``: re-save the
+    model there.
     """
-    import sys
+    import logging
 
     val = store.split[:] == 1
     normal = store.is_normal(store.labels[:][val])
     if normal.sum() < 2 or normal.all():
-        print(
-            f"{store.path}: no labelled anomalies among the validation rows; scores stay raw "
+        logging.getLogger("dimplicit").warning(
+            "%s: no labelled anomalies among the validation rows; scores stay raw "
             "(not calibrated)",
-            file=sys.stderr,
+            store.path,
         )
         return None
-    cal = calibrate_on_store(model, store.path, "validation")
+    cal = calibrate_on_store(model, store.path, "validation", client)
     model.meta["calibration"] = cal.to_dict()
     if save_to:
         model.save(save_to)
@@ -137,10 +145,12 @@ def score_store(
     protect=(),
     quiet: bool = False,
     kind: str = SCORES_FORMAT,
+    client=None,
 ) -> dict:
     """Score every row of store ``data`` into a new store at ``out``.
 
-    Runs on the current Dask client (or the local scheduler).  ``out`` gets ``raw_score``
+    Runs on ``client`` (default: the current one, else the local scheduler; see
+    :func:`dimplicit.distributed.connect.on_client`).  ``out`` gets ``raw_score``
     (float32), ``score`` (z-score, float32) and ``is_anomaly`` (bool), chunked like the input.
 
     Parameters
@@ -200,6 +210,7 @@ def score_store(
         store, out, kind, columns, attrs, overwrite=overwrite, protect=protect,
         summarize=summarize, desc="score", quiet=quiet,
         publish=publish_output,  # this module's name, looked up now (tests replace it)
+        client=client,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     return {

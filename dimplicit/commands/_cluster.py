@@ -107,6 +107,12 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> argparse._Argument
     )
     add_workers_argument(group)
     group.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Dask's own logs (worker warnings, tracebacks of failed tasks); without it "
+        "a failing task is reported as one line (default off)",
+    )
+    group.add_argument(
         "--threads-per-worker", metavar="T", type=positive_int, default=1,
         help="task threads per local worker; BLAS in each worker is limited to T threads too "
         "(default: 1). Keep W x T <= the number of cores",
@@ -220,6 +226,7 @@ def connect_from_args(
         tls=tls_from_args(args),
         timeout=getattr(args, "connect_timeout", 20.0),
         blas_threads=getattr(args, "blas_threads", None),
+        verbose=getattr(args, "verbose", False),
     )
     options.update(overrides)
     return _connect_speaking_flags(options)

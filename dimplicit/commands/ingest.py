@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from dimplicit.commands._options import add_quiet_argument
 from dimplicit.commands._types import positive_int, seed, separator, split_fractions
 from dimplicit.data.accumulate import BAD_ROW_POLICIES, STATS_ROWS
 from dimplicit.data.sources import SOURCE_FORMATS
@@ -38,7 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="CSV/TSV file (any line endings), Parquet file, directory of Parquet files, or a "
         "quoted glob like 'logs/*.parquet' (or use --zarr-features)",
     )
-    p.add_argument("--out", required=True, metavar="STORE", help="Zarr store to create")
+    p.add_argument("--out", required=True, metavar="PATH", help="Zarr store to create")
     p.add_argument(
         "--format",
         dest="fmt",
@@ -120,7 +121,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=positive_int,
         default=None,
         metavar="N",
-        help=f"rows per Zarr chunk (default {DEFAULT_CHUNK_ROWS}; for --zarr-features the "
+        help=f"rows per Zarr chunk (default: {DEFAULT_CHUNK_ROWS}; for --zarr-features the "
         "source's row chunking)",
     )
     p.add_argument(
@@ -128,28 +129,35 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         choices=BAD_ROW_POLICIES,
         default="error",
         help="rows with a wrong field count, an unparsable number, a null or NaN/Inf: 'error' "
-        "stops and writes nothing, 'skip' drops them and records their row numbers "
-        "(default error)",
+        "stops and writes nothing, 'skip' drops them and records their row numbers",
     )
     p.add_argument(
-        "--split",
+        "--split-fractions",
         type=split_fractions,
         default=(0.8, 0.1, 0.1),
         metavar="T,V,T",
-        help="train,validation,test fractions (default 0.8,0.1,0.1)",
+        help="train,validation,test fractions",
+    )
+    p.add_argument(  # the old spelling, hidden (--split names a split in evaluate)
+        "--split",
+        dest="split_fractions",
+        type=split_fractions,
+        default=argparse.SUPPRESS,
+        metavar="T,V,T",
+        help=argparse.SUPPRESS,
     )
     p.add_argument(
         "--seed",
         type=seed,
         default=0,
         metavar="S",
-        help="seed of the split; a row's split depends only on the seed and its index (default 0)",
+        help="seed of the split; a row's split depends only on the seed and its index",
     )
     p.add_argument(
         "--stats-rows",
         choices=STATS_ROWS,
         default="train",
-        help="rows over which mean/std are computed (default train)",
+        help="rows over which mean/std are computed",
     )
     p.add_argument(
         "--stats-normal-only",
@@ -164,6 +172,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "<unknown>",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+    add_quiet_argument(p)
     p.set_defaults(func=run)
     return p
 
@@ -174,17 +183,19 @@ def _given(args, dests) -> list[str]:
 
 def run(args) -> int:
     """Run ``dimplicit ingest``; prints the JSON report, returns the exit status."""
+    from dimplicit import progress
     from dimplicit.cli import CLIError
 
     shared = dict(
         on_bad_rows=args.on_bad_rows,
-        splits=args.split,
+        splits=args.split_fractions,
         split_seed=args.seed,
         stats_rows=args.stats_rows,
         stats_normal_only=args.stats_normal_only,
         reference=args.reference,
         overwrite=args.overwrite,
         normal=args.normal,
+        progress=progress.progress_enabled(args.quiet),  # rows, rows/s (ETA when known)
     )
     if args.zarr_features:
         from dimplicit.data.adopt import adopt_zarr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from dimplicit.commands._options import add_quiet_argument
 from dimplicit.commands._types import positive_int, seed, split_fractions
 from dimplicit.data.store import DEFAULT_CHUNK_ROWS
 
@@ -50,7 +51,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=seed,
         default=0,
         metavar="S",
-        help="seed of the generator and of the train/validation/test split (default 0)",
+        help="seed of the generator and of the train/validation/test split",
     )
     t.add_argument(
         "--attack-fraction",
@@ -58,21 +59,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=0.2,
         metavar="F",
         help="expected share of attack rows, split 50/30/20 among flooding, scanning and "
-        "login abuse (default 0.2)",
+        "login abuse",
     )
     t.add_argument(
-        "--split",
+        "--split-fractions",
         type=split_fractions,
         default=(0.8, 0.1, 0.1),
         metavar="T,V,T",
-        help="train,validation,test fractions (default 0.8,0.1,0.1)",
+        help="train,validation,test fractions",
+    )
+    t.add_argument(  # the old spelling, hidden (--split names a split in evaluate)
+        "--split",
+        dest="split_fractions",
+        type=split_fractions,
+        default=argparse.SUPPRESS,
+        metavar="T,V,T",
+        help=argparse.SUPPRESS,
     )
     t.add_argument(
         "--chunk-rows",
         type=positive_int,
         default=DEFAULT_CHUNK_ROWS,
         metavar="N",
-        help=f"rows per Zarr chunk (default {DEFAULT_CHUNK_ROWS}); does not change the data",
+        help="rows per Zarr chunk; does not change the data",
     )
     t.add_argument(
         "--csv",
@@ -81,12 +90,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "'dimplicit ingest --format nsl-kdd' reads it back to the same features",
     )
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_quiet_argument(t)
     t.set_defaults(func=run)
     return p
 
 
 def run(args) -> int:
     """Run ``dimplicit synth traffic``; prints the JSON report, returns the exit status."""
+    from dimplicit import progress
     from dimplicit.data.synth import synth_traffic
 
     report = synth_traffic(
@@ -95,9 +106,10 @@ def run(args) -> int:
         seed=args.seed,
         chunk_rows=args.chunk_rows,
         attack_fraction=args.attack_fraction,
-        splits=args.split,
+        splits=args.split_fractions,
         overwrite=args.overwrite,
         write_csv=args.csv,
+        progress=progress.progress_enabled(args.quiet),  # rows, rows/s, ETA
     )
     print(json.dumps(report))
     return 0

@@ -54,7 +54,7 @@ def add_parser(sub):
         "--task",
         choices=list(LOSS_OF_TASK),
         default="classify",
-        help="classify (cross-entropy on labels), regress (mse on numeric labels), "
+        help="classify (cross-entropy on labels), regress (mse on the float targets), "
         "autoencode (mse reconstruction of the features)",
     )
     p.add_argument(
@@ -102,9 +102,11 @@ def add_parser(sub):
     )
     p.add_argument(
         "--select-best",
-        choices=["val_loss", "val_accuracy", "val_r2"],
+        choices=["val_loss", "val_accuracy", "val_r2", "val_f1", "val_auc"],
         default=None,
         help="keep the weights of the best evaluation and restore them at the end "
+        "(val_accuracy: classify, val_r2: regress, val_f1/val_auc: autoencode, from the "
+        "anomaly rule on the validation split's labels) "
         "(default: the last weights; val_loss with --patience)",
     )
     p.add_argument(

@@ -25,6 +25,7 @@ import zarr
 from dimplicit.data.accumulate import RowAccumulator, finite_rows, ingest_options, ingest_report
 from dimplicit.data.columns import parse_column_list
 from dimplicit.data.store import DEFAULT_CHUNK_ROWS, StoreWriter, check_output, open_store
+from dimplicit.progress import row_progress
 
 _DEFAULT_ARRAY = {"features": "features", "labels": "labels", "targets": "targets"}
 
@@ -130,6 +131,7 @@ def adopt_zarr(
     stats_normal_only: bool = False,
     reference=None,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> dict:
     """Write a dimplicit store from an existing feature array (and labels, targets).
 
@@ -156,6 +158,9 @@ def adopt_zarr(
     on_bad_rows, splits, split_seed, stats_rows, stats_normal_only, reference, overwrite
         As for :func:`~dimplicit.data.ingest.ingest_csv`; a bad row is one with a NaN or
         infinite feature or target.
+    progress : bool
+        Show rows done, rows/s and ETA on stderr (:func:`~dimplicit.progress.row_progress`).
+        Off by default: the library prints nothing else.
 
     Returns
     -------
@@ -204,23 +209,25 @@ def adopt_zarr(
                      target_names=tnames) as writer:  # fmt: skip
         acc = RowAccumulator(writer, options, feat.name, classes, normal_classes,
                              reference=ref, t0=t0)  # fmt: skip
-        for start in range(0, n, step):
-            stop = min(n, start + step)
-            x = _block(X, start, stop).reshape(stop - start, p).astype(np.float64)
-            if tgt is not None:
-                x = np.hstack([x, _block(tgt.array, start, stop).reshape(stop - start, t)])
-            values, ok, bad = finite_rows(x, names + tnames)
-            y = None
-            if lab is not None:
-                y = _block(lab.array, start, stop)[ok]
-            acc.add(
-                stop - start,
-                values[:, :p],
-                y,
-                values[:, p:] if tgt is not None else None,
-                good=np.flatnonzero(ok),
-                bad=bad,
-            )
+        with row_progress(n, "ingest", enabled=progress) as bar:
+            for start in range(0, n, step):
+                stop = min(n, start + step)
+                x = _block(X, start, stop).reshape(stop - start, p).astype(np.float64)
+                if tgt is not None:
+                    x = np.hstack([x, _block(tgt.array, start, stop).reshape(stop - start, t)])
+                values, ok, bad = finite_rows(x, names + tnames)
+                y = None
+                if lab is not None:
+                    y = _block(lab.array, start, stop)[ok]
+                acc.add(
+                    stop - start,
+                    values[:, :p],
+                    y,
+                    values[:, p:] if tgt is not None else None,
+                    good=np.flatnonzero(ok),
+                    bad=bad,
+                )
+                bar.update(stop - start)
         acc.close(
             {
                 "format": "zarr",

@@ -23,6 +23,14 @@ Decisions worth knowing:
   depend on batch size and agree with the reference for every class it knows.
 * **Targets** (``targets=``) are float columns stored in the ``targets`` array, not label
   classes; a value that is not a finite number makes the row bad.
+* **Text**: UTF-8, a leading byte-order mark dropped (also before a header).  A record with a
+  byte that is not UTF-8, or with a field longer than :func:`csv.field_size_limit` (128 Ki
+  characters by default; reading resumes at the next line), is a bad row like any other: it
+  keeps its row number, stops the ingest under ``on_bad_rows="error"`` and is counted and
+  dropped under ``"skip"``.  In the header (or a Zeek ``#fields`` line) it is an error.
+* **Numbers** are ASCII decimal notation only (sign, digits, one dot, exponent; white space
+  around is allowed): ``1_000`` or ``١٢٣``, which ``float()`` would read, make the row bad.
+  ``nan``/``inf`` spellings are read and then refused as non-finite, as every NaN/Inf is.
 * **Blank records** (empty lines) carry no data; they are not stored, but counted in the
   report (``blank_lines``) rather than dropped silently.
 * **Logs** (NetFlow exports, Zeek): ``sep`` sets the field separator (a tab is read without
@@ -39,6 +47,7 @@ from __future__ import annotations
 import codecs
 import csv
 import itertools
+import re
 import time
 from dataclasses import dataclass
 from operator import itemgetter
@@ -55,6 +64,7 @@ from dimplicit.data.accumulate import (
 )
 from dimplicit.data.columns import ColumnSpec, make_spec, parse_column_list
 from dimplicit.data.store import DEFAULT_CHUNK_ROWS, StoreWriter, check_output, open_store
+from dimplicit.progress import row_progress
 
 INGEST_FORMATS = ("nsl-kdd", "htru2", "generic")
 # Rows parsed at a time: bounds the Python objects alive at once (a 43-field row costs about
@@ -83,6 +93,52 @@ def separator(text) -> str:
             f"got {text!r}"
         )
     return sep
+
+
+# Undecodable bytes are read as lone surrogates (U+DC80-U+DCFF, as "surrogateescape" does)
+# and the handler counts them: while a file's count is unchanged, no record can hold one, so
+# only the records read after the first undecodable byte are searched for them.
+_DECODE_ERRORS = "dimplicit-undecodable"
+_decode_error_count = [0]
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _count_undecodable(exc: UnicodeDecodeError):
+    _decode_error_count[0] += 1
+    return codecs.lookup_error("surrogateescape")(exc)
+
+
+codecs.register_error(_DECODE_ERRORS, _count_undecodable)
+
+
+def _open_text(path, errors: str = _DECODE_ERRORS):
+    """Open a text file to read as CSV: UTF-8, a leading byte-order mark dropped, any line
+    endings (``newline=''``); an undecodable byte makes its record bad (:class:`_Unreadable`)
+    rather than failing the whole read."""
+    return open(path, newline="", encoding="utf-8-sig", errors=errors)  # noqa: SIM115
+
+
+class _Unreadable(list):
+    """A record that could not be read (a byte that is not UTF-8, a field beyond the csv
+    module's size limit): no fields, and why.  Empty, so passes that only look for non-empty
+    records step over it; the batch parser counts it as a bad row."""
+
+    def __init__(self, reason: str):
+        super().__init__()
+        self.reason = reason
+
+
+def _undecodable(fields) -> str | None:
+    """Why a record holds text that was not valid UTF-8 (None if it does not)."""
+    if "".join(fields).isascii():
+        return None
+    for i, text in enumerate(fields):
+        found = None if text.isascii() else _SURROGATE.search(text)
+        if found is not None:
+            char = ord(found.group())
+            byte = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else "a surrogate"
+            return f"not valid UTF-8 text ({byte} in field {i + 1})"
+    return None
 
 
 class _Lines:
@@ -116,20 +172,35 @@ class _Lines:
                 yield line
 
 
-def _open_records(f, path, sep: str, comment: str | None):
-    """``(lines, records)`` of an open file; CSV-level failures become a ValueError."""
+def _open_records(f, sep: str, comment: str | None):
+    """``(lines, records)`` of a file opened with :func:`_open_text`.
+
+    A record that cannot be read is yielded as an :class:`_Unreadable` in its place, so it
+    keeps its record number and can be skipped: one with an undecodable byte, or one whose
+    field is longer than :func:`csv.field_size_limit` (the csv module then drops the rest of
+    that line and reading resumes at the next line; a quoted field spanning lines may make
+    the lines after it bad too).
+    """
     lines = _Lines(f, comment, sep)
     # TSV has no quoting: a quote character is data (user agents, URLs).
     quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(lines, delimiter=sep, quoting=quoting)
+    count = _decode_error_count
+    clean = count[0]
 
     def records():
-        try:
-            yield from reader
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise ValueError(
-                f"{path}: not readable as UTF-8 CSV text (line {reader.line_num + 1}): {exc}"
-            ) from None
+        while True:
+            try:
+                for row in reader:
+                    if count[0] != clean and (reason := _undecodable(row)):
+                        row = _Unreadable(reason)
+                    yield row
+                return
+            except csv.Error as exc:
+                text = str(exc)
+                if text.startswith("field larger than field limit"):
+                    text = f"a field longer than {csv.field_size_limit()} characters"
+                yield _Unreadable(text)
 
     return lines, records()
 
@@ -138,8 +209,8 @@ def _collect_vocabularies(path: Path, header: bool, ncols: int, cat_idx: list[in
                           comment) -> list[list[str]]:  # fmt: skip
     """First pass for generic CSV: the sorted values of each categorical column."""
     seen = [set() for _ in cat_idx]
-    with open(path, newline="", encoding="utf-8") as f:
-        _, reader = _open_records(f, path, sep, comment)
+    with _open_text(path) as f:
+        _, reader = _open_records(f, sep, comment)
         if header:
             next((r for r in reader if r), None)
         for row in reader:
@@ -164,12 +235,18 @@ class CsvFormat:
     reason: str
 
 
+# What a numeric field may hold: ASCII decimal notation (sign, digits, one dot, exponent) or
+# a NaN/Inf spelling (read, then refused as non-finite), with ASCII white space around.
+# float() alone also takes "1_000" and non-ASCII digits ("١٢٣"); for ASCII text without
+# "_", float() succeeds exactly when this matches, which lets batches be checked at once.
+_NUMBER = re.compile(
+    r"\s*[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?|nan|inf(?:inity)?)\s*",
+    re.ASCII | re.IGNORECASE,
+)
+
+
 def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    return _NUMBER.fullmatch(text) is not None
 
 
 def detect_csv_format(path, header: bool = False, sep=None, comment=None) -> CsvFormat:
@@ -183,7 +260,7 @@ def detect_csv_format(path, header: bool = False, sep=None, comment=None) -> Csv
     """
     path = Path(path)
     why = []
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+    with _open_text(path, errors="replace") as f:
         first = f.readline()
     if first.startswith("#separator"):
         code = first[len("#separator") :].strip() or "\\x09"
@@ -203,16 +280,13 @@ def detect_csv_format(path, header: bool = False, sep=None, comment=None) -> Csv
             why.append("tabs and no commas in the first line: tab-separated")
     sep = separator(sep)
     rows = []
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        _, reader = _open_records(f, path, sep, comment)
-        try:
-            for row in reader:
-                if row:
-                    rows.append(row)
-                if len(rows) >= _DETECT_RECORDS + int(header):
-                    break
-        except ValueError:
-            pass  # the ingest itself reports unreadable text
+    with _open_text(path, errors="replace") as f:
+        _, reader = _open_records(f, sep, comment)
+        for row in reader:  # an unreadable record is empty: the ingest reports it
+            if row:
+                rows.append(row)
+            if len(rows) >= _DETECT_RECORDS + int(header):
+                break
     rows = rows[int(header) :]
     protocols = set(schema.NSLKDD_CATEGORIES["protocol_type"])
     if (
@@ -251,9 +325,7 @@ def _getter(indices):
 
 def _first_bad_field(row, numeric, columns):
     for i in numeric:
-        try:
-            float(row[i])
-        except ValueError:
+        if _NUMBER.fullmatch(row[i]) is None:
             return f"unparsable number {row[i]!r} in column {columns[i]}"
     return None
 
@@ -285,18 +357,23 @@ def _parse_batch(batch, spec: ColumnSpec, read: list[int], get_numeric):
     for k, row in enumerate(batch):
         if len(row) == ncols:
             good.append(k)
+        elif isinstance(row, _Unreadable):
+            bad.append((k, row.reason))
         elif not row:
             blank += 1
         else:
             bad.append((k, f"expected {ncols} fields, got {len(row)}"))
     rows = batch if len(good) == len(batch) else [batch[k] for k in good]
     nnum = len(read)
+    fields = list(itertools.chain.from_iterable(map(get_numeric, rows)))
+    # float() takes more than ASCII decimal notation ("1_000", "١٢٣"): fields that are all
+    # ASCII without "_" hold nothing else (see _NUMBER), checked at once on their text.
+    text = "".join(fields)
     try:
-        values = np.fromiter(
-            map(float, itertools.chain.from_iterable(map(get_numeric, rows))),
-            np.float64,
-            count=len(rows) * nnum,
-        ).reshape(len(rows), nnum)
+        if not text.isascii() or "_" in text:
+            raise ValueError("not ASCII decimal notation")
+        values = np.fromiter(map(float, fields), np.float64, count=len(rows) * nnum)
+        values = values.reshape(len(rows), nnum)
     except ValueError:
         # Slow path, only for batches that hold an unparsable field: find the culprits.
         keep, keep_rows = [], []
@@ -346,13 +423,15 @@ def ingest_csv(
     ignore=None,
     sep=None,
     comment=None,
+    progress: bool = False,
 ) -> dict:
     """Convert a CSV (or TSV, or log) file to a dimplicit Zarr store in one streaming pass.
 
     Parameters
     ----------
     path : str or Path
-        The text file (any line endings; read with ``newline=''``).
+        The text file: UTF-8 (a byte-order mark is dropped), any line endings (read with
+        ``newline=''``).
     out : str or Path
         The store to create (see :mod:`dimplicit.data.store`).
     fmt : {"nsl-kdd", "htru2", "generic"}, optional
@@ -371,7 +450,8 @@ def ingest_csv(
     chunk_rows : int
         Rows per Zarr chunk.
     on_bad_rows : {"error", "skip"}
-        Rows with a wrong field count, an unparsable number or NaN/Inf in a numeric field:
+        Rows with a wrong field count, a number not in ASCII decimal notation, NaN/Inf in a
+        numeric field, a byte that is not UTF-8 or a field beyond the csv size limit:
         ``error`` raises ValueError naming the first bad rows and writes nothing; ``skip``
         drops them and records them in the ``bad_rows`` attribute and the report.
     splits : sequence of 3 floats
@@ -405,6 +485,10 @@ def ingest_csv(
     comment : str, optional
         Skip lines starting with this prefix (``#`` for Zeek logs, whose ``#fields`` line then
         names the columns when ``header`` is false).
+    progress : bool
+        Show records read and records/s on stderr (:func:`~dimplicit.progress.row_progress`;
+        no ETA, the length of a text file is not known in advance).  Off by default: the
+        library prints nothing else.
 
     Returns
     -------
@@ -435,8 +519,8 @@ def ingest_csv(
 
     inputs = (path, reference)
     check_output(out, "store", overwrite, protect=inputs)  # fail before reading anything
-    with open(path, newline="", encoding="utf-8") as f:
-        lines, reader = _open_records(f, path, sep, comment)
+    with _open_text(path) as f:
+        lines, reader = _open_records(f, sep, comment)
         header_names, ncols, consumed, comments_before, reader = _read_head(
             reader, lines, path, header, fmt
         )
@@ -458,7 +542,8 @@ def ingest_csv(
                 writer, options, path, spec.label_classes, spec.normal_classes,
                 reference=ref, layout=layout, first_row=consumed + 1, hint=hint, t0=t0,
             )  # fmt: skip
-            _add_records(reader, spec, acc)
+            with row_progress(None, "ingest", enabled=progress) as bar:
+                _add_records(reader, spec, acc, bar)
             comment_lines = lines.comments - comments_before
             acc.blank -= comment_lines
             attrs = {
@@ -503,6 +588,8 @@ def _read_head(reader, lines: _Lines, path, header: bool, fmt: str):
     if header:
         for first in reader:
             consumed += 1
+            if isinstance(first, _Unreadable):
+                raise ValueError(f"{path}: header (row {consumed}) is unreadable: {first.reason}")
             if first:
                 header_names = [h.strip() for h in first]
                 break
@@ -518,6 +605,9 @@ def _read_head(reader, lines: _Lines, path, header: bool, fmt: str):
             break
     if header_names is None and lines.fields is not None:
         header_names = lines.fields
+        reason = _undecodable(header_names)
+        if reason is not None:
+            raise ValueError(f"{path}: the {lines.comment}fields line is unreadable: {reason}")
     ncols = len(header_names) if header_names is not None else None
     if ncols is None and fmt == "generic":
         if not peek or not peek[-1]:
@@ -526,8 +616,9 @@ def _read_head(reader, lines: _Lines, path, header: bool, fmt: str):
     return header_names, ncols, consumed, comments_before, itertools.chain(peek, reader)
 
 
-def _add_records(reader, spec: ColumnSpec, acc: RowAccumulator) -> None:
-    """Parse the records batch by batch and hand each batch to the accumulator."""
+def _add_records(reader, spec: ColumnSpec, acc: RowAccumulator, bar=None) -> None:
+    """Parse the records batch by batch and hand each batch to the accumulator; ``bar``
+    (a :func:`~dimplicit.progress.row_progress` bar) counts the records of each batch."""
     layout = spec.layout
     read = layout.numeric_columns + spec.target_indices
     n_num = len(layout.numeric_columns)
@@ -549,3 +640,5 @@ def _add_records(reader, spec: ColumnSpec, acc: RowAccumulator) -> None:
             bad=bad,
             blank=nblank,
         )
+        if bar is not None:
+            bar.update(len(batch))

@@ -36,6 +36,7 @@ from dimplicit.data.accumulate import (
 )
 from dimplicit.data.columns import make_spec, parse_column_list
 from dimplicit.data.store import DEFAULT_CHUNK_ROWS, StoreWriter, check_output, open_store
+from dimplicit.progress import row_progress
 
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 MAX_AUTO_CATEGORIES = 1000
@@ -153,6 +154,12 @@ def _batches(files, columns, batch_rows=_BATCH_ROWS):
                 offset += batch.num_rows
 
 
+def _row_count(files) -> int:
+    """Rows of the data set, from the files' footers (no data read)."""
+    _, _, pq = _pa()
+    return sum(pq.read_metadata(f).num_rows for f in files)
+
+
 def _vocabularies(files, names, idx, explicit, source) -> list[list[str]]:
     """First pass: the sorted values of the categorical columns ``idx`` (those columns only)."""
     _, pc, _ = _pa()
@@ -229,6 +236,7 @@ def ingest_parquet(
     targets=None,
     ignore=None,
     batch_rows: int = _BATCH_ROWS,
+    progress: bool = False,
 ) -> dict:
     """Convert Parquet data to a dimplicit Zarr store, streamed batch by batch.
 
@@ -246,6 +254,10 @@ overwrite
         As for :func:`~dimplicit.data.ingest.ingest_csv`.
     batch_rows : int
         Rows read at a time (at most one row group's worth is decoded at once).
+    progress : bool
+        Show rows done, rows/s and ETA on stderr (:func:`~dimplicit.progress.row_progress`;
+        the total comes from the files' metadata).  Off by default: the library prints
+        nothing else.
 
     Returns
     -------
@@ -289,34 +301,37 @@ overwrite
                      target_names=spec.target_names) as writer:  # fmt: skip
         acc = RowAccumulator(writer, options, source, spec.label_classes, spec.normal_classes,
                              reference=ref, layout=layout, t0=t0)  # fmt: skip
-        for f, offset, batch in _batches(files, columns, batch_rows):
-            values, bad = _numbers(batch, names, kinds, read)
-            ok = np.ones(batch.num_rows, dtype=bool)
-            ok[[k for k, _ in bad]] = False
-            good = np.flatnonzero(ok)
-            numeric, finite, nonfinite = finite_rows(values[good], [names[i] for i in read])
-            bad += [(int(good[j]), reason) for j, reason in nonfinite]
-            good = good[finite]
-            if len(files) > 1 and bad:
-                bad = [(k, f"{r} ({f.name} row {offset + k + 1})") for k, r in bad]
-            if len(good) < batch.num_rows:
-                batch = batch.take(good)
-            codes = []
-            for k, i in enumerate(layout.categorical_columns):
-                enc = _pa()[1].dictionary_encode(_text(batch.column(names[i])))
-                lut = layout.codes(k, enc.dictionary.to_pylist())
-                codes.append(lut[enc.indices.to_numpy(zero_copy_only=False)])
-            labels = None
-            if spec.label_index is not None:
-                labels = _label_values(batch.column(names[spec.label_index]))
-            acc.add(
-                len(ok),
-                acc.features(numeric[:, :n_num], codes),
-                labels,
-                numeric[:, n_num:] if spec.target_indices else None,
-                good=good,
-                bad=bad,
-            )
+        total = _row_count(files) if progress else None
+        with row_progress(total, "ingest", enabled=progress) as bar:
+            for f, offset, batch in _batches(files, columns, batch_rows):
+                values, bad = _numbers(batch, names, kinds, read)
+                ok = np.ones(batch.num_rows, dtype=bool)
+                ok[[k for k, _ in bad]] = False
+                good = np.flatnonzero(ok)
+                numeric, finite, nonfinite = finite_rows(values[good], [names[i] for i in read])
+                bad += [(int(good[j]), reason) for j, reason in nonfinite]
+                good = good[finite]
+                if len(files) > 1 and bad:
+                    bad = [(k, f"{r} ({f.name} row {offset + k + 1})") for k, r in bad]
+                if len(good) < batch.num_rows:
+                    batch = batch.take(good)
+                codes = []
+                for k, i in enumerate(layout.categorical_columns):
+                    enc = _pa()[1].dictionary_encode(_text(batch.column(names[i])))
+                    lut = layout.codes(k, enc.dictionary.to_pylist())
+                    codes.append(lut[enc.indices.to_numpy(zero_copy_only=False)])
+                labels = None
+                if spec.label_index is not None:
+                    labels = _label_values(batch.column(names[spec.label_index]))
+                acc.add(
+                    len(ok),
+                    acc.features(numeric[:, :n_num], codes),
+                    labels,
+                    numeric[:, n_num:] if spec.target_indices else None,
+                    good=good,
+                    bad=bad,
+                )
+                bar.update(len(ok))
         acc.close(
             {
                 "format": "parquet",

@@ -41,6 +41,7 @@ from dimplicit.data.store import (
     OutputExistsError,
     StoreWriter,
 )
+from dimplicit.progress import row_progress
 
 LABEL_CLASSES = ["normal", "flooding", "scanning", "login_abuse"]
 NORMAL_CLASSES = ["normal"]
@@ -322,6 +323,7 @@ def synth_traffic(
     splits=(0.8, 0.1, 0.1),
     overwrite: bool = False,
     write_csv: bool = False,
+    progress: bool = False,
 ) -> dict:
     """Write ``rows`` synthetic NSL-KDD-schema connection records to a store (or a CSV).
 
@@ -348,6 +350,9 @@ def synth_traffic(
         Replace an existing output.
     write_csv : bool
         Write an NSL-KDD-format CSV text file instead (see :func:`synth_traffic_csv`).
+    progress : bool
+        Show rows done, rows/s and ETA on stderr (:func:`~dimplicit.progress.row_progress`).
+        Off by default: the library prints nothing else.
 
     Returns
     -------
@@ -355,7 +360,7 @@ def synth_traffic(
         Report: out, rows, label and split counts, seconds, rows/s, bytes.
     """
     if write_csv:
-        return synth_traffic_csv(rows, out, seed, attack_fraction, overwrite)
+        return synth_traffic_csv(rows, out, seed, attack_fraction, overwrite, progress=progress)
     t0 = time.perf_counter()
     _check_args(rows, seed, attack_fraction)
     fractions = check_split_fractions(splits)
@@ -363,13 +368,15 @@ def synth_traffic(
     label_counts = np.zeros(len(LABEL_CLASSES), dtype=np.int64)
     split_counts = np.zeros(3, dtype=np.int64)
     with StoreWriter(out, _LAYOUT.feature_names, chunk_rows, overwrite) as writer:
-        for start, numeric, codes, labels in traffic_blocks(rows, seed, attack_fraction):
-            x = _LAYOUT.encode(numeric, codes)
-            split = assign_splits(int(seed), start, len(labels), fractions)
-            stats.update(x[(split == 0) & (labels == 0)])
-            writer.append(x, labels, split)
-            label_counts += np.bincount(labels, minlength=len(LABEL_CLASSES))
-            split_counts += np.bincount(split, minlength=3)
+        with row_progress(int(rows), "synth", enabled=progress) as bar:
+            for start, numeric, codes, labels in traffic_blocks(rows, seed, attack_fraction):
+                x = _LAYOUT.encode(numeric, codes)
+                split = assign_splits(int(seed), start, len(labels), fractions)
+                stats.update(x[(split == 0) & (labels == 0)])
+                writer.append(x, labels, split)
+                label_counts += np.bincount(labels, minlength=len(LABEL_CLASSES))
+                split_counts += np.bincount(split, minlength=3)
+                bar.update(len(labels))
         writer.close(
             {
                 "format": "synthetic-traffic",
@@ -425,6 +432,7 @@ def synth_traffic_csv(
     seed: int = 0,
     attack_fraction: float = 0.2,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> dict:
     """Write the same synthetic rows as :func:`synth_traffic` as an NSL-KDD-format CSV.
 
@@ -441,6 +449,8 @@ def synth_traffic_csv(
         The CSV file to create.
     overwrite : bool
         Replace an existing file (never a directory).
+    progress : bool
+        As for :func:`synth_traffic`.
 
     Returns
     -------
@@ -459,9 +469,11 @@ def synth_traffic_csv(
     label_counts = np.zeros(len(LABEL_CLASSES), dtype=np.int64)
 
     def write(fh):
-        for _, numeric, codes, labels in traffic_blocks(rows, seed, attack_fraction):
-            fh.write(_format_block(numeric, codes, labels).encode("ascii"))
-            label_counts[:] += np.bincount(labels, minlength=len(LABEL_CLASSES))
+        with row_progress(int(rows), "synth", enabled=progress) as bar:
+            for _, numeric, codes, labels in traffic_blocks(rows, seed, attack_fraction):
+                fh.write(_format_block(numeric, codes, labels).encode("ascii"))
+                label_counts[:] += np.bincount(labels, minlength=len(LABEL_CLASSES))
+                bar.update(len(labels))
 
     write_file(out, write, replace=overwrite)
     return _report(out, "csv", rows, label_counts, None, t0)

@@ -18,10 +18,9 @@ import numpy as np
 
 from dimplicit.bench import peak_rss_mb, step_flops
 from dimplicit.data.store import StoreWriter
-from dimplicit.distributed.cluster import connect
+from dimplicit.distributed.connect import connect
 from dimplicit.distributed.tasks import DataSpec
 from dimplicit.distributed.trainer import Trainer
-from dimplicit.fit import fit
 from dimplicit.gradients import BackwardOptions
 from dimplicit.model import dense_model
 from dimplicit.optim import OptimizerConfig
@@ -97,23 +96,27 @@ def bench_distributed(
                 "backward_iters": float(k_b),
                 "weights_sha256": trainer.summary_["weights_sha256"],
             }
-        # The in-process reference: the same per-step work without Dask, one BLAS thread.
+        # The in-process reference: the same plan on the in-process executor, one BLAS
+        # thread, timed the same way.
         from threadpoolctl import threadpool_limits
 
-        from dimplicit.data.store import open_store
-
-        st = open_store(path)
-        U, y = st.features[:], st.labels[:].astype(np.int64)
         with threadpool_limits(1):
-            times = []
-            fit(model, U, y, config=config, optimizer=opt, epochs=steps + 1, batch_size=rows,
-                callback=lambda rec: times.append(rec["seconds"]))  # fmt: skip
-        out["in_process_samples_per_s"] = rows * steps / sum(times[1:])
+            local = Trainer(model, spec, config=config, optimizer=opt, epochs=steps + 1,
+                            batch_size=rows, block_rows=block_rows, seed=seed,
+                            executor="local")  # fmt: skip
+            ends = []
+            local.callback = lambda rec, ends=ends: ends.append(time.perf_counter())
+            local.fit()
+        out["in_process_samples_per_s"] = rows * steps / (ends[-1] - ends[0])
+        out["in_process_weights_sha256"] = local.summary_["weights_sha256"]
     runs = out["runs"]
     if "1" in runs and "2" in runs:
         out["speedup"] = runs["2"]["samples_per_s"] / runs["1"]["samples_per_s"]
         out["overhead_fraction"] = runs["2"]["overhead_fraction"]
         out["same_weights_1_vs_2"] = runs["1"]["weights_sha256"] == runs["2"]["weights_sha256"]
+        out["same_weights_as_in_process"] = (
+            runs["1"]["weights_sha256"] == out["in_process_weights_sha256"]
+        )
     if "1" in runs:
         out["one_worker_vs_in_process"] = (
             runs["1"]["samples_per_s"] / out["in_process_samples_per_s"]

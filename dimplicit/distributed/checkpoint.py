@@ -76,8 +76,18 @@ def load_checkpoint(path) -> dict:
         for key, kind in (("step", int), ("epoch", int), ("fingerprint", dict)):
             if not isinstance(head.get(key), kind) or isinstance(head.get(key), bool):
                 raise ValueError(f"header field {key!r} must be {kind.__name__}")
-        if head["step"] < 0:
-            raise ValueError("header field 'step' is negative")
+        if head["step"] < 0 or head["epoch"] < 0:
+            raise ValueError("header fields 'step' and 'epoch' must be ≥ 0")
+        sel = head.get("selection")
+        if sel is not None and not (
+            isinstance(sel, dict)
+            and all(
+                sel.get(k) is None or isinstance(sel[k], int | float)
+                for k in ("value", "step", "bad_evals")
+            )
+            and (sel.get("key") is None or isinstance(sel["key"], list))
+        ):
+            raise ValueError("header field 'selection' is malformed")
         params = {k: arrays[f"param/{k}"] for k in PARAM_NAMES}
         best = {k: arrays[f"best/{k}"] for k in PARAM_NAMES} if "best/A" in arrays else None
         state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}

@@ -16,7 +16,7 @@ renames them to its flags (:mod:`dimplicit.commands._cluster`).
 from __future__ import annotations
 
 import contextlib
-import sys
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,21 @@ from dimplicit.distributed.summary import describe, format_description
 from dimplicit.distributed.tls import TLSConfig
 
 __all__ = ["connect"]
+
+
+def on_client(client=None):
+    """Run the Dask computations of a ``with`` block on ``client``.
+
+    The library's one convention for clusters: a function that computes with Dask takes
+    ``client=None``; ``None`` means the current client (the one a ``Client(...)`` or
+    :func:`connect` made current, :func:`distributed.get_client`), and without one Dask's
+    local scheduler.
+    """
+    import dask
+
+    if client is None:
+        return contextlib.nullcontext()
+    return dask.config.set(scheduler=client)
 
 
 def _exclusive(a: str, b: str, why: str = "") -> OptionError:
@@ -115,6 +130,7 @@ def connect(
     timeout: float = 20,
     dashboard: bool = True,
     quiet: bool = False,
+    verbose: bool = False,
     blas_threads: int | None = None,
 ) -> Iterator[Client]:
     """Start or join a Dask cluster for the duration of a ``with`` block.
@@ -147,6 +163,9 @@ def connect(
         if True print nothing, and a local cluster's workers log errors only. A local cluster
         with more task threads (``workers * threads_per_worker``) than cores is logged as a
         warning either way.
+    verbose : bool, default False
+        Let Dask's own logs through (worker warnings, "Compute Failed" tracebacks). Off,
+        a failing task reaches the user only as the one-line error its exception becomes.
     blas_threads : int, optional
         BLAS threads per worker process. Default: the worker's task threads
         (``threads_per_worker`` locally, each worker's ``nthreads`` when joining). Use 1 when a
@@ -194,7 +213,7 @@ def connect(
         else:
             cluster = start_local_cluster(
                 stack, workers, threads_per_worker, processes, memory_limit, tls, gpus,
-                dashboard, quiet, blas_threads or threads_per_worker,
+                dashboard, verbose, blas_threads or threads_per_worker,
             )  # fmt: skip
             security = tls.security() if tls is not None else None
             client = Client(cluster, security=security, timeout=timeout, set_as_default=True)
@@ -203,5 +222,6 @@ def connect(
             info = describe(client)
             if not dashboard and not joining:
                 info["dashboard"] = None  # the HTTP port is up, but no dashboard behind it
-            print(format_description(info), file=sys.stderr)
+            # A log record, not a print: the CLI shows it on stderr, a library user decides.
+            logging.getLogger("dimplicit").info(format_description(info))
         yield client

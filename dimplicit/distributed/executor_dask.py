@@ -90,19 +90,8 @@ class DaskExecutor:
         r, c, k = self.run, self.client, self.key
         sums = [
             c.submit(
-                tasks.block_sums,
-                self.params_f,
-                self.template,
-                self._chunk(chunk, "train"),
-                r.config,
-                r.seed,
-                epoch,
-                chunk,
-                j,
-                r.plan.block_rows,
-                r.data.device,
-                r.data.dtype,
-                key=f"block-{step}-{i}-{k}",
+                tasks.block_sums, self.params_f, self.template, self._chunk(chunk, "train"),
+                *r.block_args(epoch, chunk, j), key=f"block-{step}-{i}-{k}",
             )  # fmt: skip
             for i, (chunk, j) in enumerate(blocks)
         ]
@@ -135,14 +124,8 @@ class DaskExecutor:
         r = self.run
         evals = [
             self.client.submit(
-                tasks.eval_sums,
-                self.params_f,
-                self.template,
-                self._chunk(c, "validation"),
-                r.config,
-                r.data.device,
-                r.data.dtype,
-                key=f"eval-{c}-{uuid.uuid4().hex[:8]}",
+                tasks.eval_sums, self.params_f, self.template, self._chunk(c, "validation"),
+                *r.eval_args(), key=f"eval-{c}-{uuid.uuid4().hex[:8]}",
             )  # fmt: skip
             for c, n in enumerate(r.counts["validation"])
             if n > 0
@@ -171,10 +154,23 @@ def should_persist(client, run) -> bool:
 
 
 def _broadcast(client, obj):
-    """Copy ``obj`` to every worker as ONE future with a fresh unique key.
+    """Place ``obj`` on the cluster as ONE future that Dask can always rebuild.
 
-    ``client.scatter(some_dict)`` would scatter each value under the dict's own keys ("A",
-    "B", ...); a later scatter under the same keys is taken for the same data and silently
-    keeps the old weights.  Wrapping in a list gives one object and a new random key.
+    The object travels inside the task that returns it, so the scheduler holds a recipe for
+    it: if every worker holding a copy dies, it is recomputed from the recipe.  Scattered data
+    has no recipe, and Dask's memory manager trims broadcast replicas down to one copy, so
+    losing that one worker made every later step unrecoverable ("already forgotten").  A
+    fresh unique key per call: reusing keys would silently keep old weights.
     """
-    return client.scatter([obj], broadcast=True, hash=False)[0]
+    import warnings
+
+    with warnings.catch_warnings():
+        # Weights of large models exceed Dask's "large object in graph" hint (1 MB); they
+        # travel once per sync either way.
+        warnings.filterwarnings("ignore", message=".*Large object.*")
+        warnings.filterwarnings("ignore", message=".*large graph.*")
+        return client.submit(_same, obj, key=f"weights-{uuid.uuid4().hex}", pure=False)
+
+
+def _same(obj):
+    return obj

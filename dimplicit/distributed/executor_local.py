@@ -46,17 +46,8 @@ class LocalExecutor:
         r = self.run
         sums = [
             tasks.block_sums(
-                self.params,
-                self.template,
-                self._chunk(chunk, "train"),
-                r.config,
-                r.seed,
-                epoch,
-                chunk,
-                j,
-                r.plan.block_rows,
-                r.data.device,
-                r.data.dtype,
+                self.params, self.template, self._chunk(chunk, "train"),
+                *r.block_args(epoch, chunk, j),
             )  # fmt: skip
             for chunk, j in blocks
         ]
@@ -75,18 +66,8 @@ class LocalExecutor:
 
     def evaluate(self) -> dict:
         r = self.run
-        evals = [
-            tasks.eval_sums(
-                self.params,
-                self.template,
-                self._chunk(c, "validation"),
-                r.config,
-                r.data.device,
-                r.data.dtype,
-            )  # fmt: skip
-            for c, n in enumerate(r.counts["validation"])
-            if n > 0
-        ]
+        chunks = [self._chunk(c, "validation") for c, n in enumerate(r.counts["validation"]) if n]
+        evals = [tasks.eval_sums(self.params, self.template, d, *r.eval_args()) for d in chunks]
 
         def pair(a, b, depth, index):
             return tasks.add_eval(a, b)

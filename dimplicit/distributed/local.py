@@ -101,6 +101,27 @@ def _local_cuda_cluster_class(gpus: int | str) -> type:
     return LocalCUDACluster
 
 
+@contextlib.contextmanager
+def _workers_ignore_sigint():
+    """Start worker processes with SIGINT ignored (they inherit it; Python keeps it).
+
+    Ctrl-C in a terminal reaches every process of the foreground group; the workers must not
+    die of it (four tracebacks) while the client finishes the step and writes its
+    checkpoint.  The client process stops them when it closes the cluster.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def start_local_cluster(
     stack: contextlib.ExitStack,
     workers: int | None,
@@ -110,7 +131,7 @@ def start_local_cluster(
     tls: TLSConfig | None,
     gpus: int | str | None,
     dashboard: bool,
-    quiet: bool,
+    verbose: bool,
     blas_threads: int,
 ) -> Any:
     """Start a LocalCluster / LocalCUDACluster bound to 127.0.0.1; closed by ``stack``.
@@ -119,7 +140,7 @@ def start_local_cluster(
     ----------
     stack : contextlib.ExitStack
         Receives the cluster's ``close`` (and, for threads, the restored BLAS limit).
-    workers, threads_per_worker, processes, memory_limit, tls, gpus, dashboard, quiet
+    workers, threads_per_worker, processes, memory_limit, tls, gpus, dashboard, verbose
         As for :func:`~dimplicit.distributed.connect.connect`, already checked.
     blas_threads : int
         Threads per BLAS pool of each worker.
@@ -136,7 +157,9 @@ def start_local_cluster(
         dashboard_address=f"{LOCALHOST}:0",
         scheduler_kwargs={"dashboard": bool(dashboard)},
         memory_limit=memory_limit,
-        silence_logs=logging.ERROR if quiet else logging.WARNING,
+        # Worker errors reach the user as one line through the client; Dask's own logging
+        # of them ("Compute Failed" with a traceback, per worker) only with verbose.
+        silence_logs=logging.WARNING if verbose else logging.CRITICAL,
     )
     if processes:
         # Scheduler, nannies and workers listen here only. (Threads talk in-process over
@@ -154,7 +177,7 @@ def start_local_cluster(
         kwargs.update(n_workers=workers or 1, processes=processes)
 
     if processes:
-        with blas_environment(blas_threads):
+        with blas_environment(blas_threads), _workers_ignore_sigint():
             cluster = cluster_cls(**kwargs)
     else:
         # Worker threads share this process's BLAS: limit it here, restore it on exit.

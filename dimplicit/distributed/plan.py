@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class Plan:
         if sum(self.chunk_counts) == 0:
             raise ValueError("no rows to train on (check the split and --normal-only filters)")
 
-    @property
+    @cached_property
     def blocks(self) -> list[tuple[int, int]]:
         """Every block as ``(chunk, index within chunk)``, in store order."""
         return [
@@ -58,7 +59,13 @@ class Plan:
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The seeded permutation of block indices visited in ``epoch``."""
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks))
+        # Every step of an epoch asks for it: keep the last epoch's (a frozen instance
+        # still owns a __dict__ for such caches).
+        cached = self.__dict__.get("_order")
+        if cached is None or cached[0] != epoch:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks))
+            self.__dict__["_order"] = cached = (epoch, order)
+        return cached[1]
 
     def step_blocks(self, step: int) -> tuple[int, list[tuple[int, int]]]:
         """``(epoch, blocks)`` of global step ``step`` (0-based)."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from dimplicit.backend import array_module, get_backend
+from dimplicit.backend import array_module, get_backend, to_host
 from dimplicit.data.preprocess import standardize
 from dimplicit.data.store import SPLIT_CODES, open_store
 from dimplicit.model import ImplicitModel
@@ -61,11 +61,20 @@ class DataSpec:
 
 
 def eligible_mask(store, labels, split, spec: DataSpec, split_name: str) -> np.ndarray:
-    """Rows of a chunk that belong to ``split_name`` (and are normal, if asked)."""
+    """Rows of a chunk that belong to ``split_name`` (and are normal, if asked).
+
+    An autoencoder's validation split keeps its anomalies: they are what the anomaly
+    metrics (``val_f1``, ``val_auc``) are about; its loss still counts only the normal rows
+    (see :func:`load_chunk`).
+    """
     keep = np.asarray(split) == SPLIT_CODES[split_name]
-    if spec.normal_only:
+    if spec.normal_only and not _labelled_validation(store, spec, split_name):
         keep &= store.is_normal(labels)
     return keep
+
+
+def _labelled_validation(store, spec, split_name) -> bool:
+    return spec.task == "autoencode" and split_name == "validation" and bool(store.normal_classes)
 
 
 def load_chunk(spec: DataSpec, chunk: int, split_name: str):
@@ -100,6 +109,8 @@ def load_chunk(spec: DataSpec, chunk: int, split_name: str):
     elif spec.task == "regress":  # stores from before float targets: numeric label classes
         values = np.asarray([float(v) for v in store.label_classes], dtype=U.dtype)
         Y = values[labels][:, None]
+    elif _labelled_validation(store, spec, split_name):
+        Y = store.is_normal(labels)  # the target is U; Y says which rows are normal
     else:
         Y = None  # autoencode: the target is U itself
     be = get_backend(spec.device, spec.dtype)
@@ -139,22 +150,35 @@ def eval_sums(params, template, data, config, device, dtype):
 
     Besides the loss, the sums every model-selection metric needs, so that metrics are
     computed from reduced sums and rows never travel to the client: ``correct``
-    (classification), and ``sse``, ``y_sum``, ``y_sq_sum`` (R² of regression targets).
+    (classification), ``sse``, ``y_sum``, ``y_sq_sum`` (R² of regression targets), and for
+    an autoencoder whose validation rows carry normal/anomaly labels (``Y`` boolean: normal),
+    histograms of the rows' reconstruction RMSE, normal and anomalous apart
+    (:func:`dimplicit.anomaly.metrics.metrics_from_histograms`).
     """
+    from dimplicit.anomaly.metrics import score_histogram
     from dimplicit.forward import predict
-    from dimplicit.losses import loss_and_grad
+    from dimplicit.losses import loss_and_grad, row_rmse
 
     U, Y = data
     out = {"loss": 0.0, "count": 0, "unconverged": 0, "correct": 0}
     out |= {"sse": 0.0, "y_sum": 0.0, "y_sq_sum": 0.0}
+    out |= {"hist_normal": score_histogram([]), "hist_anomalous": score_histogram([])}
     if U.shape[0] == 0:
         return out
     be = get_backend(device, dtype)
     model = with_params(template, params).astype(be)
     Yhat, _, stats = predict(model, U, config.forward)
+    if Y.dtype == bool:  # autoencoder, labelled validation rows
+        raw = to_host(row_rmse(Yhat, U))
+        normal = to_host(Y)
+        out["hist_normal"] = score_histogram(raw[normal])
+        out["hist_anomalous"] = score_histogram(raw[~normal])
+        if not normal.any():
+            return out | {"unconverged": stats.n_unconverged}
+        Yhat, U, Y = Yhat[Y], U[Y], U[Y]
     loss, _ = loss_and_grad(config.loss, Yhat, Y)
     out |= {"loss": float(loss), "count": int(U.shape[0]), "unconverged": stats.n_unconverged}
-    if Y.ndim == 1:  # class codes
+    if Y.ndim == 1 and Y.dtype != bool:  # class codes
         out["correct"] = int((Yhat.argmax(axis=1) == Y).sum())
     else:
         out["sse"] = float(((Yhat - Y) ** 2).sum())
@@ -164,6 +188,7 @@ def eval_sums(params, template, data, config, device, dtype):
 
 
 def add_eval(a, b):
+    """Merge two chunks' validation sums (counts, sums and histograms add)."""
     return {k: a[k] + b[k] for k in a}
 
 

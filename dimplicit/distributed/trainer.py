@@ -44,7 +44,13 @@ PERSIST = ("auto", "always", "never")
 EXECUTORS = ("auto", "local", "dask")
 ON_DIVERGENCE = ("stop", "skip-step")
 # Model-selection metrics computed from reduced validation sums, and whether larger is better.
-SELECT_METRICS = {"val_loss": False, "val_accuracy": True, "val_r2": True}
+SELECT_METRICS = {
+    "val_loss": False,
+    "val_accuracy": True,
+    "val_r2": True,
+    "val_f1": True,
+    "val_auc": True,
+}
 MAX_SKIPPED_IN_A_ROW = 10
 MAX_REPLAYS = 3
 
@@ -66,6 +72,16 @@ class TrainingRun:
     template: object  # ImplicitModel: activation, masks, κ (its weights are not used)
     n_rows_stored: int
     n_features: int
+
+    def block_args(self, epoch: int, chunk: int, block: int) -> tuple:
+        """The arguments of :func:`tasks.block_sums` after ``(params, template, data)``."""
+        d = self.data
+        return (self.config, self.seed, epoch, chunk, block, self.plan.block_rows, d.device,
+                d.dtype)  # fmt: skip
+
+    def eval_args(self) -> tuple:
+        """The arguments of :func:`tasks.eval_sums` after ``(params, template, data)``."""
+        return (self.config, self.data.device, self.data.dtype)
 
 
 class Trainer:
@@ -246,7 +262,12 @@ class Trainer:
                     f"column) or numeric labels, found label classes like "
                     f"{store.label_classes[:3]}"
                 ) from None
-        metric_task = {"val_accuracy": "classify", "val_r2": "regress"}.get(self.select_best)
+        metric_task = {
+            "val_accuracy": "classify",
+            "val_r2": "regress",
+            "val_f1": "autoencode",
+            "val_auc": "autoencode",
+        }.get(self.select_best)
         if metric_task and metric_task != task:
             raise ValueError(f"select_best={self.select_best!r} needs task {metric_task!r}")
         want_loss = {"classify": "cross_entropy", "autoencode": "mse"}.get(task)
@@ -497,19 +518,21 @@ class _Loop:
         self.bar = _progress(t.progress, self.total_steps, self.start)
         self.ex.start(params, state)
         self.synced = (params, state, self.start)
+        self._snapshot()
         self.replays = 0
         self.t0 = time.perf_counter()
         try:
             with graceful_stop() as stop:
-                while self.step < self.total_steps and not self.stopped_early:
-                    if stop.requested:
-                        self._stop_on_signal(stop.requested)
+                while self.final_params is None:
                     try:
-                        self._one_step()
+                        while self.step < self.total_steps and not self.stopped_early:
+                            if stop.requested:
+                                self._stop_on_signal(stop.requested)
+                            self._one_step()
+                        self._collect(keep=0)
+                        self.final_params, _ = self.ex.weights()
                     except _LOST_FUTURE as exc:
                         self._replay(exc)
-                self._collect(keep=0)
-                self.final_params, _ = self.ex.weights()
         finally:
             self.elapsed = time.perf_counter() - self.t0
             self.bar.close()
@@ -597,6 +620,10 @@ class _Loop:
         if self.t.data.task == "regress":
             total_ss = ev["y_sq_sum"] - ev["y_sum"] ** 2 / n
             rec["val_r2"] = 1.0 - ev["sse"] / total_ss if total_ss > 0 else None
+        if self.t.data.task == "autoencode" and ev["hist_anomalous"].sum() > 0:
+            from dimplicit.anomaly.metrics import metrics_from_histograms
+
+            rec |= metrics_from_histograms(ev["hist_normal"], ev["hist_anomalous"])
         rec["val_unconverged"] = ev["unconverged"]
         self.val_loss = rec["val_loss"]
         if self.best_val_loss is None or self.val_loss < self.best_val_loss:
@@ -618,13 +645,23 @@ class _Loop:
                 self.stopped_early = True
         self.evaluations.append(rec)
         self._log(rec)
+        if self.synced[2] == self.step:
+            self._snapshot()
 
     def _sync(self):
         """Drain, fetch the weights (cuts the Dask lineage) and remember them for replays."""
         self._collect(keep=0)
         params, state = self.ex.weights()
         self.synced = (params, state, self.step)
+        self._snapshot()
         return params, state
+
+    _SELECTION = ("best_value", "best_step", "best_key", "best_params", "bad_evals",
+                  "stopped_early", "val_loss", "best_val_loss")  # fmt: skip
+
+    def _snapshot(self):
+        """The selection state as of the synced step (what a replay starts from)."""
+        self.synced_selection = {k: getattr(self, k) for k in self._SELECTION}
 
     def _checkpoint(self, epoch):
         params, state, step = self.synced
@@ -672,6 +709,8 @@ class _Loop:
         params, state, step = self.synced
         log.warning("lost a step's result (%s); replaying from step %d", exc, step)
         self.ex.start(params, state)
+        for k, v in self.synced_selection.items():
+            setattr(self, k, v)
         self.history = [r for r in self.history if r["step"] < step]
         self.evaluations = [r for r in self.evaluations if r["step"] <= step]
         self.rows_done = sum(r["count"] for r in self.history)
