@@ -85,10 +85,17 @@ def parsers(parser: argparse.ArgumentParser):
                 stack.extend(((*path, name), child) for name, child in action.choices.items())
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad flag reported as ONE line (not the whole usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dimplicit import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dimplicit",
         description="Train implicit neural networks on Dask over Zarr, predict and score "
         "large data sets out of core.",

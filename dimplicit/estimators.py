@@ -269,7 +269,7 @@ class _ImplicitEstimator(TransformerMixin, BaseEstimator):
         return len(store.label_classes)
 
     def _train(self, store, seed, normal_only, client_needed):
-        from dimplicit.distributed.tasks import DataSpec
+        from dimplicit.distributed.spec import DataSpec
         from dimplicit.distributed.trainer import Trainer
         from dimplicit.gradients import BackwardOptions
         from dimplicit.model import build_model

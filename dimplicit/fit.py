@@ -64,7 +64,7 @@ def fit(
     history : list of dict
         One record per step: ``step``, ``epoch``, ``loss``, iterations, residuals.
     """
-    from dimplicit.distributed.tasks import DataSpec
+    from dimplicit.distributed.spec import DataSpec
     from dimplicit.distributed.trainer import Trainer
 
     U = np.asarray(to_host(U))

@@ -117,7 +117,7 @@ def main(argv=None):
 
     import torch
 
-    from dimplicit.bench import bench_core
+    from dimplicit.benchmarks.core import bench_core
     from dimplicit.model import dense_model
 
     if args.threads:

@@ -107,7 +107,7 @@ def make_store(tmp_path):
 def make_trainer(store, **kw):
     """The trainer the training tests share: a 6-16-3 dense classifier on a teacher store,
     2 epochs of 1000-row steps in 250-row blocks; ``kw`` overrides any option."""
-    from dimplicit.distributed.tasks import DataSpec
+    from dimplicit.distributed.spec import DataSpec
     from dimplicit.distributed.trainer import Trainer
     from dimplicit.model import dense_model
     from dimplicit.optim import OptimizerConfig

@@ -247,7 +247,7 @@ def test_metrics_from_histograms_match_scikit_learn():
 def test_autoencoder_selects_the_best_validation_auc_on_the_workers(traffic):
     """val_auc from reduced histograms equals the in-memory anomaly rule on the best model."""
     from dimplicit.anomaly.score import calibrate_on_store
-    from dimplicit.distributed.tasks import DataSpec
+    from dimplicit.distributed.spec import DataSpec
     from dimplicit.distributed.trainer import Trainer
     from dimplicit.partition import StepConfig
 

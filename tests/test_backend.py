@@ -94,7 +94,7 @@ def test_gpu_training_matches_cpu_float64():
 @pytest.mark.gpu
 @needs_gpu
 def test_gpu_bench_reports_fraction_of_peak():
-    from dimplicit.bench import bench_core
+    from dimplicit.benchmarks.core import bench_core
 
     out = bench_core(hidden=256, batch=1024, steps=2, device="gpu")
     assert 0 < out["fraction_of_peak"] <= 1.5 and out["gemm_peak_gflops"] > 0
@@ -114,7 +114,7 @@ def _gpu_count():
 def test_weights_identical_on_1_and_2_gpu_workers(teacher_store):
     pytest.importorskip("dask_cuda")
     from dimplicit.distributed.connect import connect
-    from dimplicit.distributed.tasks import DataSpec
+    from dimplicit.distributed.spec import DataSpec
     from dimplicit.distributed.trainer import Trainer
 
     hashes = []

@@ -16,7 +16,7 @@ import pytest
 
 import dimplicit
 from dimplicit.cli import build_parser, main, parsers
-from dimplicit.commands._options import positive_int, seed
+from dimplicit.commands._types import positive_int, seed
 from dimplicit.data.sources import SOURCE_FORMATS
 
 PARSER = build_parser()

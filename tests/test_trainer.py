@@ -11,7 +11,7 @@ from distributed import Client, LocalCluster
 
 from dimplicit.cli import main
 from dimplicit.distributed.checkpoint import list_checkpoints, load_checkpoint
-from dimplicit.distributed.tasks import DataSpec
+from dimplicit.distributed.spec import DataSpec
 from dimplicit.distributed.trainer import Trainer
 from dimplicit.fit import fit
 from dimplicit.model import dense_model
@@ -245,7 +245,10 @@ def test_cli_existing_checkpoint_of_another_run(make_store, tmp_path, capsys):
     assert (ck / "ckpt-00000001.npz").read_bytes() == b"existing"
 
 
-def test_nan_in_features_is_reported(make_store, capsys):
+@pytest.mark.parametrize("executor", ["local", "dask"])
+def test_nan_in_features_is_one_line(make_store, capsys, executor):
+    """NaN features fail inside the chunk loader (a worker task with Dask): the user sees one
+    line naming the row, not Dask's "Compute Failed" logs or a traceback."""
     path = make_store("nan.zarr", n=500, chunk=250)
     import zarr
 
@@ -254,19 +257,13 @@ def test_nan_in_features_is_reported(make_store, capsys):
     block[300, 2] = np.nan
     g["features"][:] = block
     code, out, err = cli(
-        capsys,
-        "train",
-        "--data",
-        str(path),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "250",
-        "--no-progress",
-        "--no-processes",
-    )
+        capsys, "train", "--data", str(path), "--epochs", "1", "--batch-size", "250",
+        "--quiet", "--executor", executor, "--workers", "2", "--no-processes",
+    )  # fmt: skip
+    assert code == 2 and out == ""
+    assert "Compute Failed" not in err and "Traceback" not in err, err
     errors = [line for line in err.splitlines() if "error:" in line]
-    assert code != 0 and len(errors) == 1, err
+    assert len(errors) == 1, err
     assert "NaN/Inf" in errors[0] and "first at row 300" in errors[0]
 
 

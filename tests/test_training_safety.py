@@ -239,25 +239,3 @@ def test_ctrl_c_with_worker_processes_is_one_line_and_a_checkpoint(teacher_store
     assert len(lines) <= 2, err  # the cluster's one-line summary, then the interruption
     assert "checkpoint written to" in lines[-1]
     assert list_checkpoints(ck)
-
-
-def test_a_worker_side_error_is_one_line_without_dask_logs(make_store, capsys):
-    """NaN features fail inside a worker task: the user sees one line, not Dask's logs."""
-    import zarr
-
-    from dimplicit.cli import main
-
-    path = make_store("nan.zarr", n=500, chunk=250)
-    g = zarr.open_group(path, mode="r+")
-    block = g["features"][:]
-    block[300, 2] = np.nan
-    g["features"][:] = block
-    code = main(
-        ["train", "--data", str(path), "--epochs", "1", "--batch-size", "250", "--no-progress",
-         "--executor", "dask", "--workers", "2", "--no-processes"]
-    )  # fmt: skip
-    err = capsys.readouterr().err
-    assert code == 2
-    assert "Compute Failed" not in err and "Traceback" not in err, err
-    errors = [line for line in err.splitlines() if "error:" in line]
-    assert len(errors) == 1 and "first at row 300" in errors[0], err

@@ -1,15 +1,7 @@
-"""Anomaly detection: calibration, out-of-core scoring, metrics and plots."""
+"""Anomaly detection: calibration and metrics (:mod:`.metrics`), out-of-core scoring
+(:mod:`.score`), evaluation and plots (:mod:`.evaluate`).
 
-from dimplicit.anomaly.evaluate import evaluate, plot
-from dimplicit.anomaly.metrics import Calibration, calibrate, classification_metrics
-from dimplicit.anomaly.score import calibrate_on_store, score_store
-
-__all__ = [
-    "Calibration",
-    "calibrate",
-    "calibrate_on_store",
-    "classification_metrics",
-    "evaluate",
-    "plot",
-    "score_store",
-]
+Import from the submodules: this package imports nothing itself, so that the chunk loaders
+and evaluation tasks on the workers, which need only the NumPy helpers of :mod:`.metrics`,
+do not pay for scikit-learn, matplotlib or Dask.
+"""

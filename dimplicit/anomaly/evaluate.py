@@ -218,6 +218,14 @@ def plot(output, out_dir, data_path=None, split: str | None = None) -> list[str]
     return _plot_scores(plt, output, out_dir, data_path, split)
 
 
+def _save(plt, fig, path: Path) -> str:
+    """Lay out ``fig``, write it to ``path`` (PNG), close it; returns the path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
 def _plot_confusion(plt, output, out_dir, data_path, split) -> str:
     from sklearn.metrics import ConfusionMatrixDisplay
 
@@ -230,11 +238,7 @@ def _plot_confusion(plt, output, out_dir, data_path, split) -> str:
         xticks_rotation="vertical", include_values=k <= 30,
     )  # fmt: skip
     ax.set_title(f"Confusion matrix of {Path(output).name} ({split or 'all rows'})")
-    fig.tight_layout()
-    path = out_dir / "confusion_matrix.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return _save(plt, fig, out_dir / "confusion_matrix.png")
 
 
 def _plot_regression(plt, output, out_dir, data_path, split) -> str:
@@ -252,11 +256,7 @@ def _plot_regression(plt, output, out_dir, data_path, split) -> str:
         ax.set_xlabel(f"true {name}")
         ax.set_ylabel(f"predicted {name}")
     fig.suptitle(f"Predictions of {Path(output).name} ({split or 'all rows'})")
-    fig.tight_layout()
-    path = out_dir / "prediction_vs_target.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return _save(plt, fig, out_dir / "prediction_vs_target.png")
 
 
 def _plot_scores(plt, scores_path, out_dir, data_path, split) -> list[str]:
@@ -276,17 +276,10 @@ def _plot_scores(plt, scores_path, out_dir, data_path, split) -> list[str]:
     ax.set_ylabel("rows")
     ax.set_title(f"Scores of {Path(scores_path).name} ({split or 'all rows'})")
     ax.legend()
-    fig.tight_layout()
-    hist_path = out_dir / "score_histogram.png"
-    fig.savefig(hist_path, dpi=110)
-    plt.close(fig)
+    hist_path = _save(plt, fig, out_dir / "score_histogram.png")
 
     fig, ax = plt.subplots(figsize=(5, 5))
     RocCurveDisplay.from_predictions(y, np.where(finite, z, np.finfo(np.float32).max), ax=ax)
     ax.plot([0, 1], [0, 1], "k:", lw=1)
     ax.set_title("ROC curve")
-    fig.tight_layout()
-    roc_path = out_dir / "roc_curve.png"
-    fig.savefig(roc_path, dpi=110)
-    plt.close(fig)
-    return [str(hist_path), str(roc_path)]
+    return [hist_path, _save(plt, fig, out_dir / "roc_curve.png")]

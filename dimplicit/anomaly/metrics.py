@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from sklearn import metrics as skm
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,8 @@ def best_f1_threshold(y_true, scores, min_recall: float = 0.0) -> tuple[float, f
     placed halfway between the chosen score and the next lower one, so ``>`` and ``≥`` agree.
     ``min_recall`` restricts the candidates to thresholds reaching at least that recall.
     """
+    from sklearn import metrics as skm  # lazily: workers use only the NumPy helpers
+
     y = np.asarray(y_true).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
     if y.all() or not y.any():
@@ -66,6 +67,8 @@ def best_f1_threshold(y_true, scores, min_recall: float = 0.0) -> tuple[float, f
 
 def calibrate(raw_scores, is_anomaly) -> Calibration:
     """Calibration from validation raw scores and labels (``True`` = anomaly)."""
+    from sklearn import metrics as skm  # lazily: workers use only the NumPy helpers
+
     raw = np.asarray(raw_scores, dtype=np.float64)
     y = np.asarray(is_anomaly).astype(bool)
     normal = raw[~y]
@@ -79,6 +82,8 @@ def calibrate(raw_scores, is_anomaly) -> Calibration:
 
 def classification_metrics(y_true, flagged, scores=None) -> dict:
     """F1, precision, recall, accuracy, MCC (and ROC AUC when scores are given)."""
+    from sklearn import metrics as skm  # lazily: workers use only the NumPy helpers
+
     y = np.asarray(y_true).astype(bool)
     f = np.asarray(flagged).astype(bool)
     out = {

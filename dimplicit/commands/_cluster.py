@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from dimplicit.commands._options import positive_int
+from dimplicit.commands._types import gpus, positive_int, seconds
 from dimplicit.distributed.errors import OptionError, SchedulerConnectionError
 from dimplicit.distributed.tls import TLSConfig
 
@@ -50,30 +50,6 @@ _TLS_FLAGS = {"tls_ca_file": "--tls-ca-file", "tls_cert": "--tls-cert", "tls_key
 def flag(parameter: str) -> str:
     """The flag of a :func:`~dimplicit.distributed.connect.connect` parameter (or the name)."""
     return FLAGS.get(parameter, parameter)
-
-
-def _gpus(text: str) -> int | str:
-    """argparse type of ``--gpus``: a positive integer or ``all``."""
-    if text == "all":
-        return "all"
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    """argparse type of ``--connect-timeout``: a positive number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
 
 
 def add_workers_argument(parser) -> None:
@@ -140,7 +116,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> argparse._Argument
         "(default: none, start a local cluster)",
     )  # fmt: skip
     group.add_argument(
-        "--gpus", metavar="N", type=_gpus, default=None,
+        "--gpus", metavar="N", type=gpus, default=None,
         help="start a local GPU cluster with N GPUs (or 'all'), one worker per GPU; needs "
         "dask-cuda (pip install dask-cuda) (default: none, CPU workers)",
     )  # fmt: skip
@@ -158,7 +134,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> argparse._Argument
         help="private key of --tls-cert (keep it mode 0600)",
     )  # fmt: skip
     group.add_argument(
-        "--connect-timeout", metavar="SECONDS", type=_seconds, default=20.0,
+        "--connect-timeout", metavar="SECONDS", type=seconds, default=20.0,
         help="give up if the scheduler does not answer within SECONDS (default: 20)",
     )  # fmt: skip
     return group

@@ -1,19 +1,71 @@
-"""The flags and the input of the commands that run a trained model over data (``score``,
-``predict``): ``--data`` is a store, or a file ingested on the fly with the training encoders.
+"""The flags, the input and the run of the commands that run a trained model over data
+(``score``, ``predict``): ``--data`` is a store, or a file ingested on the fly with the
+training encoders.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import glob
+import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dimplicit.commands._options import add_quiet_argument
 from dimplicit.data.sources import SOURCE_FORMATS
 
-__all__ = ["add_model_io_arguments", "input_store"]
+__all__ = ["add_model_command", "add_model_io_arguments", "input_store", "run_model_command"]
+
+
+def add_model_command(sub, name: str, *, help: str, description: str, output: str, run):
+    """Register ``name``, a command that runs a trained model over data: its model and
+    input/output flags (``output`` names what ``--out`` holds), the cluster flags, ``run``."""
+    from dimplicit.commands._cluster import add_cluster_arguments
+
+    p = sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_io_arguments(p, output)
+    add_cluster_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def run_model_command(args, output_format: str, check_model: Callable, run_store: Callable) -> int:
+    """Run such a command: load ``--model`` and check it (``check_model(model)`` raises before
+    any work), check ``--out`` (an ``output_format`` output, or nothing), ingest a file
+    ``--data``, then ``run_store(model, data, out, overwrite=, protect=, quiet=)`` on the
+    cluster; print the JSON report (with ``ingest`` for a file) and return 0."""
+    from dimplicit.commands._cluster import connect_from_args
+    from dimplicit.data.store import check_output
+    from dimplicit.model import ImplicitModel
+
+    model = ImplicitModel.load(args.model)
+    check_model(model)
+    out = Path(args.out)
+    # The model and its checkpoint directory are inputs too: --out may not replace them.
+    protect = (args.data, Path(args.model), args.reference)
+    check_output(out, output_format, args.overwrite, protect)
+    report = {}
+    with input_store(args.data, model, out, reference=args.reference, fmt=args.format) as (
+        data,
+        ingested,
+    ):
+        if ingested is not None:
+            report["ingest"] = ingested
+        with connect_from_args(args, quiet=True):
+            report.update(
+                run_store(
+                    model, data, out, overwrite=args.overwrite, protect=protect, quiet=args.quiet
+                )
+            )
+    print(json.dumps(report))
+    return 0
 
 
 def add_model_io_arguments(parser, output: str) -> None:

@@ -4,50 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from dimplicit.commands._types import kappa, positive_int, seed, split_fractions
 from dimplicit.gradients import BackwardOptions
 from dimplicit.model import ARCHS
 from dimplicit.solvers import SolverOptions
-
-
-def _kappa(text: str) -> float | None:
-    """``--kappa``: a positive radius, or ``none`` for no constraint."""
-    if text.strip().lower() == "none":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number or 'none', got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def seed(text: str) -> int:
-    """argparse type of ``--seed``: a non-negative integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
-
 
 # The help of flags that mean the same thing in several commands: one text each.
 METHOD_HELP = "gradient method: implicit, neumann, jfb, phantom-K"
 QUIET_HELP = "no progress bar on stderr (it is shown only when stderr is a terminal)"
 BATCH_SIZE_HELP = "rows per training step (the global batch)"
+DTYPE_HELP = "floating type of weights and computations"
 
 
 def add_quiet_argument(parser):
@@ -55,23 +21,94 @@ def add_quiet_argument(parser):
     parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
 
-def add_solver_arguments(parser):
-    g = parser.add_argument_group("fixed-point solver")
-    g.add_argument(
+def add_seed_argument(parser, help: str):
+    """``--seed S`` (default 0); ``help`` says what it seeds."""
+    parser.add_argument("--seed", type=seed, default=0, metavar="S", help=help)
+
+
+def add_split_fractions_argument(parser):
+    """``--split-fractions T,V,T`` of the stores a command writes, and its old spelling
+    ``--split``, hidden (``--split`` names a split in ``evaluate``)."""
+    parser.add_argument(
+        "--split-fractions",
+        type=split_fractions,
+        default=(0.8, 0.1, 0.1),
+        metavar="T,V,T",
+        help="train,validation,test fractions",
+    )
+    parser.add_argument(
+        "--split",
+        dest="split_fractions",
+        type=split_fractions,
+        default=argparse.SUPPRESS,
+        metavar="T,V,T",
+        help=argparse.SUPPRESS,
+    )
+
+
+def add_batch_size_argument(parser, default: int):
+    """``--batch-size N``: rows per training step."""
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=default, metavar="N", help=BATCH_SIZE_HELP
+    )
+
+
+def add_solver_argument(parser):
+    """``--solver {picard,anderson}``."""
+    parser.add_argument(
         "--solver",
         choices=["picard", "anderson"],
         default="picard",
         help="forward (and implicit-backward) solver",
     )
-    g.add_argument(
+
+
+def add_tol_argument(parser):
+    """``--tol``: the solver's stopping residual."""
+    parser.add_argument(
         "--tol",
         type=float,
         default=1e-4,
         help="relative residual per sample at which a solve stops",
     )
-    g.add_argument(
-        "--max-iter", type=positive_int, default=300, metavar="N", help="iteration limit per solve"
+
+
+def add_max_iter_argument(parser, default: int):
+    """``--max-iter N``: the solver's iteration limit."""
+    parser.add_argument(
+        "--max-iter",
+        type=positive_int,
+        default=default,
+        metavar="N",
+        help="iteration limit per solve",
     )
+
+
+def add_method_argument(parser):
+    """``--method``: the gradient method."""
+    parser.add_argument("--method", default="implicit", help=METHOD_HELP)
+
+
+def add_dtype_argument(parser, help: str = DTYPE_HELP):
+    """``--dtype {float32,float64}``."""
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32", help=help)
+
+
+def add_device_argument(parser):
+    """``--device {cpu,gpu}``."""
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "gpu"],
+        default="cpu",
+        help="run partition computations with NumPy (cpu) or CuPy (gpu)",
+    )
+
+
+def add_solver_arguments(parser):
+    g = parser.add_argument_group("fixed-point solver")
+    add_solver_argument(g)
+    add_tol_argument(g)
+    add_max_iter_argument(g, default=300)
     g.add_argument(
         "--on-nonconvergence",
         choices=["flag", "raise"],
@@ -105,28 +142,14 @@ def add_model_arguments(parser):
     )
     g.add_argument(
         "--kappa",
-        type=_kappa,
+        type=kappa,
         default=0.95,
         help="keep ‖A‖∞ ≤ κ by row-wise ℓ1 projection: every row for dense archs, the "
         "implicit latent block for ae-v1 (default: 0.95; 'none' leaves A unconstrained)",
     )
-    g.add_argument(
-        "--method",
-        default="implicit",
-        help=METHOD_HELP,
-    )
-    g.add_argument(
-        "--dtype",
-        choices=["float32", "float64"],
-        default="float32",
-        help="floating type of weights and computations (float64 for checks)",
-    )
-    g.add_argument(
-        "--device",
-        choices=["cpu", "gpu"],
-        default="cpu",
-        help="run partition computations with NumPy (cpu) or CuPy (gpu)",
-    )
+    add_method_argument(g)
+    add_dtype_argument(g, help=f"{DTYPE_HELP} (float64 for checks)")
+    add_device_argument(g)
     return g
 
 

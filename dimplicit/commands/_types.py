@@ -1,17 +1,69 @@
-"""argparse types shared by the data commands (``ingest``, ``synth``): one copy of each.
+"""argparse types of every command: one copy of each.
 
 Each turns the text of a flag into a value or raises ``argparse.ArgumentTypeError`` with a
-message in the command line's words.  (``positive_int`` and ``seed`` live in
-:mod:`dimplicit.commands._options` with the other shared flags; they are re-exported here.)
+message in the command line's words.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from dimplicit.commands._options import positive_int, seed
 
-__all__ = ["positive_int", "seed", "separator", "split_fractions"]
+def _int_at_least(text: str, low: int, expected: str) -> int:
+    """``text`` as an integer of at least ``low``, else the error "expected {expected}"."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer of at least 0 (counts where 0 means "none")."""
+    return _int_at_least(text, 0, "a non-negative integer")
+
+
+def seed(text: str) -> int:
+    """argparse type of ``--seed``: a non-negative integer."""
+    return non_negative_int(text)
+
+
+def kappa(text: str) -> float | None:
+    """``--kappa``: a positive radius, or ``none`` for no constraint."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number or 'none', got {text!r}")
+    return value
+
+
+def gpus(text: str) -> int | str:
+    """argparse type of ``--gpus``: a positive integer or ``all``."""
+    if text == "all":
+        return "all"
+    return _int_at_least(text, 1, "a positive integer or 'all'")
+
+
+def seconds(text: str) -> float:
+    """argparse type of ``--connect-timeout``: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def split_fractions(text: str) -> tuple[float, ...]:

@@ -6,7 +6,16 @@ import argparse
 import json
 
 from dimplicit.commands._cluster import add_workers_argument
-from dimplicit.commands._options import BATCH_SIZE_HELP, METHOD_HELP, positive_int
+from dimplicit.commands._options import (
+    add_batch_size_argument,
+    add_device_argument,
+    add_dtype_argument,
+    add_max_iter_argument,
+    add_method_argument,
+    add_solver_argument,
+    add_tol_argument,
+)
+from dimplicit.commands._types import positive_int
 
 
 def _add_model_arguments(parser, hidden: int):
@@ -18,13 +27,8 @@ def _add_model_arguments(parser, hidden: int):
         "--inputs", type=positive_int, default=64, metavar="N", help="input features p"
     )
     parser.add_argument("--outputs", type=positive_int, default=10, metavar="N", help="outputs q")
-    parser.add_argument("--method", default="implicit", help=METHOD_HELP)
-    parser.add_argument(
-        "--dtype",
-        choices=["float32", "float64"],
-        default="float32",
-        help="floating type of weights and computations",
-    )
+    add_method_argument(parser)
+    add_dtype_argument(parser)
 
 
 def _counts(text: str) -> list[int]:
@@ -52,28 +56,14 @@ def add_parser(sub):
         "peak measured in the same run, fraction_of_peak and peak RSS.",
     )
     _add_model_arguments(c, hidden=1024)
-    c.add_argument(
-        "--batch-size", type=positive_int, default=4096, metavar="N", help=BATCH_SIZE_HELP
-    )
+    add_batch_size_argument(c, default=4096)
     c.add_argument("--batch", type=positive_int, dest="batch_size", help=argparse.SUPPRESS)
-    c.add_argument(
-        "--solver",
-        choices=["picard", "anderson"],
-        default="picard",
-        help="forward (and implicit-backward) solver",
-    )
+    add_solver_argument(c)
     c.add_argument(
         "--steps", type=positive_int, default=5, metavar="N", help="timed steps after one warm-up"
     )
-    c.add_argument(
-        "--tol",
-        type=float,
-        default=1e-4,
-        help="relative residual per sample at which a solve stops",
-    )
-    c.add_argument(
-        "--max-iter", type=positive_int, default=100, metavar="N", help="iteration limit per solve"
-    )
+    add_tol_argument(c)
+    add_max_iter_argument(c, default=100)
     c.add_argument(
         "--blas-threads",
         type=positive_int,
@@ -82,12 +72,7 @@ def add_parser(sub):
         help="BLAS/OpenMP threads of this process (default: all cores)",
     )
     c.add_argument("--threads", type=positive_int, dest="blas_threads", help=argparse.SUPPRESS)
-    c.add_argument(
-        "--device",
-        choices=["cpu", "gpu"],
-        default="cpu",
-        help="run partition computations with NumPy (cpu) or CuPy (gpu)",
-    )
+    add_device_argument(c)
     c.add_argument("--tf32", action="store_true", help="GPU float32: allow TF32 GEMMs")
     c.set_defaults(func=run_core)
 
@@ -146,7 +131,7 @@ def add_parser(sub):
 
 
 def run_core(args) -> int:
-    from dimplicit.bench import bench_core
+    from dimplicit.benchmarks.core import bench_core
 
     out = bench_core(
         hidden=args.hidden,
@@ -168,7 +153,7 @@ def run_core(args) -> int:
 
 
 def run_distributed(args) -> int:
-    from dimplicit.distributed.bench import bench_distributed
+    from dimplicit.benchmarks.distributed import bench_distributed
 
     out = bench_distributed(
         hidden=args.hidden,
@@ -186,7 +171,7 @@ def run_distributed(args) -> int:
 
 
 def run_score(args) -> int:
-    from dimplicit.anomaly.bench import bench_score
+    from dimplicit.benchmarks.scoring import bench_score
 
     print(json.dumps(bench_score(args.rows, args.arch, args.workers or 1, args.data)))
     return 0

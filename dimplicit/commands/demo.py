@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from dimplicit.commands._cluster import add_cluster_arguments
-from dimplicit.commands._options import add_quiet_argument, positive_int, seed
+from dimplicit.commands._options import add_quiet_argument
+from dimplicit.commands._types import positive_int, seed
 
 
 def add_parser(sub):
@@ -38,12 +39,12 @@ def add_parser(sub):
 def run(args) -> int:
     import shutil
 
-    from dimplicit.anomaly import evaluate, plot, score_store
-    from dimplicit.anomaly.score import calibrate_model
+    from dimplicit.anomaly.evaluate import evaluate, plot
+    from dimplicit.anomaly.score import calibrate_model, score_store
     from dimplicit.commands._cluster import connect_from_args
     from dimplicit.data.store import open_store
     from dimplicit.data.synth import synth_traffic
-    from dimplicit.distributed.tasks import DataSpec
+    from dimplicit.distributed.spec import DataSpec
     from dimplicit.distributed.trainer import Trainer
     from dimplicit.gradients import BackwardOptions
     from dimplicit.model import build_model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dimplicit.commands._options import positive_int, seed
+from dimplicit.commands._types import positive_int, seed
 
 
 def add_parser(sub):

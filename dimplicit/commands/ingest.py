@@ -6,8 +6,12 @@ import argparse
 import json
 import sys
 
-from dimplicit.commands._options import add_quiet_argument
-from dimplicit.commands._types import positive_int, seed, separator, split_fractions
+from dimplicit.commands._options import (
+    add_quiet_argument,
+    add_seed_argument,
+    add_split_fractions_argument,
+)
+from dimplicit.commands._types import positive_int, separator
 from dimplicit.data.accumulate import BAD_ROW_POLICIES, STATS_ROWS
 from dimplicit.data.sources import SOURCE_FORMATS
 from dimplicit.data.store import DEFAULT_CHUNK_ROWS
@@ -131,27 +135,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="rows with a wrong field count, an unparsable number, a null or NaN/Inf: 'error' "
         "stops and writes nothing, 'skip' drops them and records their row numbers",
     )
-    p.add_argument(
-        "--split-fractions",
-        type=split_fractions,
-        default=(0.8, 0.1, 0.1),
-        metavar="T,V,T",
-        help="train,validation,test fractions",
-    )
-    p.add_argument(  # the old spelling, hidden (--split names a split in evaluate)
-        "--split",
-        dest="split_fractions",
-        type=split_fractions,
-        default=argparse.SUPPRESS,
-        metavar="T,V,T",
-        help=argparse.SUPPRESS,
-    )
-    p.add_argument(
-        "--seed",
-        type=seed,
-        default=0,
-        metavar="S",
-        help="seed of the split; a row's split depends only on the seed and its index",
+    add_split_fractions_argument(p)
+    add_seed_argument(
+        p, help="seed of the split; a row's split depends only on the seed and its index"
     )
     p.add_argument(
         "--stats-rows",

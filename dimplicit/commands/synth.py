@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from dimplicit.commands._options import add_quiet_argument
-from dimplicit.commands._types import positive_int, seed, split_fractions
+from dimplicit.commands._options import (
+    add_quiet_argument,
+    add_seed_argument,
+    add_split_fractions_argument,
+)
+from dimplicit.commands._types import positive_int
 from dimplicit.data.store import DEFAULT_CHUNK_ROWS
 
 
@@ -46,13 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="PATH",
         help="Zarr store to create (with --csv: the CSV file to create)",
     )
-    t.add_argument(
-        "--seed",
-        type=seed,
-        default=0,
-        metavar="S",
-        help="seed of the generator and of the train/validation/test split",
-    )
+    add_seed_argument(t, help="seed of the generator and of the train/validation/test split")
     t.add_argument(
         "--attack-fraction",
         type=_fraction,
@@ -61,21 +59,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="expected share of attack rows, split 50/30/20 among flooding, scanning and "
         "login abuse",
     )
-    t.add_argument(
-        "--split-fractions",
-        type=split_fractions,
-        default=(0.8, 0.1, 0.1),
-        metavar="T,V,T",
-        help="train,validation,test fractions",
-    )
-    t.add_argument(  # the old spelling, hidden (--split names a split in evaluate)
-        "--split",
-        dest="split_fractions",
-        type=split_fractions,
-        default=argparse.SUPPRESS,
-        metavar="T,V,T",
-        help=argparse.SUPPRESS,
-    )
+    add_split_fractions_argument(t)
     t.add_argument(
         "--chunk-rows",
         type=positive_int,

@@ -9,15 +9,15 @@ import time
 from pathlib import Path
 
 from dimplicit.commands._options import (
-    BATCH_SIZE_HELP,
     QUIET_HELP,
+    add_batch_size_argument,
     add_model_arguments,
+    add_seed_argument,
     add_solver_arguments,
     backward_options,
-    positive_int,
-    seed,
     solver_options,
 )
+from dimplicit.commands._types import non_negative_int, positive_int
 
 LOSS_OF_TASK = {"classify": "cross_entropy", "regress": "mse", "autoencode": "mse"}
 
@@ -65,9 +65,7 @@ def add_parser(sub):
     p.add_argument(
         "--epochs", type=positive_int, default=1, metavar="N", help="passes over the training rows"
     )
-    p.add_argument(
-        "--batch-size", type=positive_int, default=8192, metavar="N", help=BATCH_SIZE_HELP
-    )
+    add_batch_size_argument(p, default=8192)
     p.add_argument(
         "--block-rows",
         type=positive_int,
@@ -75,9 +73,7 @@ def add_parser(sub):
         metavar="N",
         help="rows per task (default: min(batch size, store chunk))",
     )
-    p.add_argument(
-        "--seed", type=seed, default=0, metavar="S", help="seed of weights and data order"
-    )
+    add_seed_argument(p, help="seed of weights and data order")
     p.add_argument(
         "--max-steps",
         type=positive_int,
@@ -95,7 +91,7 @@ def add_parser(sub):
     )
     p.add_argument(
         "--eval-every",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="K",
         help="steps between evaluations of the validation split (default: once per epoch)",
@@ -152,7 +148,10 @@ def add_parser(sub):
         default="constant",
         help="learning-rate schedule over the whole run",
     )
-    o.add_argument("--warmup-steps", type=int, default=0, metavar="N", help="linear warm-up steps")
+    o.add_argument(
+        "--warmup-steps", type=non_negative_int, default=0, metavar="N",
+        help="linear warm-up steps",
+    )  # fmt: skip
     add_model_arguments(p)
     add_solver_arguments(p)
     c = p.add_argument_group("checkpoints and logs")
@@ -165,7 +164,7 @@ def add_parser(sub):
     )
     c.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="steps between checkpoints (default: 0, at the end and on Ctrl-C/SIGTERM only)",
@@ -193,7 +192,7 @@ def run(args) -> int:
     from dimplicit.commands._cluster import connect_from_args
     from dimplicit.data.store import open_store
     from dimplicit.distributed.checkpoint import lock_directory
-    from dimplicit.distributed.tasks import DataSpec
+    from dimplicit.distributed.spec import DataSpec
     from dimplicit.distributed.trainer import Trainer
     from dimplicit.model import build_model
     from dimplicit.optim import OptimizerConfig

@@ -275,6 +275,19 @@ class RowAccumulator:
         self.row_no += n_records
         self.data_index += n_records
 
+    def add_columns(self, n_records: int, values, codes, labels=None, good=None, bad=(),
+                    blank: int = 0) -> None:  # fmt: skip
+        """Take one block parsed column by column (CSV, Parquet), as :meth:`add` does.
+
+        ``values`` (n_good, k) float32 holds the layout's numeric columns, then the target
+        columns when the store has targets; ``codes`` the vocabulary codes of its
+        categorical columns (see :meth:`features`).
+        """
+        n_num = len(self.layout.numeric_columns)
+        targets = values[:, n_num:] if self.writer.target_names else None
+        x = self.features(values[:, :n_num], codes)
+        self.add(n_records, x, labels, targets, good=good, bad=bad, blank=blank)
+
     # ---- at the end -----------------------------------------------------------------
 
     def stats_attr(self) -> dict:

@@ -621,7 +621,6 @@ def _add_records(reader, spec: ColumnSpec, acc: RowAccumulator, bar=None) -> Non
     (a :func:`~dimplicit.progress.row_progress` bar) counts the records of each batch."""
     layout = spec.layout
     read = layout.numeric_columns + spec.target_indices
-    n_num = len(layout.numeric_columns)
     get_numeric = _getter(read)
     while batch := list(itertools.islice(reader, _BATCH_ROWS)):
         good, rows, numeric, bad, nblank = _parse_batch(batch, spec, read, get_numeric)
@@ -631,14 +630,6 @@ def _add_records(reader, spec: ColumnSpec, acc: RowAccumulator, bar=None) -> Non
         labels = None
         if spec.label_index is not None:
             labels = [r[spec.label_index] for r in rows]
-        acc.add(
-            len(batch),
-            acc.features(numeric[:, :n_num], codes),
-            labels,
-            numeric[:, n_num:] if spec.target_indices else None,
-            good=good,
-            bad=bad,
-            blank=nblank,
-        )
+        acc.add_columns(len(batch), numeric, codes, labels, good=good, bad=bad, blank=nblank)
         if bar is not None:
             bar.update(len(batch))

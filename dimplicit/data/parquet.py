@@ -292,7 +292,6 @@ overwrite
                 f"feature; pass ignore={names[i]} to leave it out"
             )
     read = layout.numeric_columns + spec.target_indices
-    n_num = len(layout.numeric_columns)
     used = sorted({*read, *layout.categorical_columns,
                    *([spec.label_index] if spec.label_index is not None else [])})  # fmt: skip
     columns = [names[i] for i in used]
@@ -323,14 +322,7 @@ overwrite
                 labels = None
                 if spec.label_index is not None:
                     labels = _label_values(batch.column(names[spec.label_index]))
-                acc.add(
-                    len(ok),
-                    acc.features(numeric[:, :n_num], codes),
-                    labels,
-                    numeric[:, n_num:] if spec.target_indices else None,
-                    good=good,
-                    bad=bad,
-                )
+                acc.add_columns(len(ok), numeric, codes, labels, good=good, bad=bad)
                 bar.update(len(ok))
         acc.close(
             {

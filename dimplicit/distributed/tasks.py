@@ -7,14 +7,13 @@ after a worker dies; the trained weights cannot tell the difference (docs/design
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from dimplicit.backend import array_module, get_backend, to_host
 from dimplicit.data.preprocess import standardize
 from dimplicit.data.store import SPLIT_CODES, open_store
+from dimplicit.distributed.spec import DataSpec
 from dimplicit.model import ImplicitModel
 from dimplicit.optim import apply_update
 from dimplicit.partition import (
@@ -24,40 +23,6 @@ from dimplicit.partition import (
     summarize_stats,
     to_host_result,
 )
-
-TASKS = ("classify", "regress", "autoencode")
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Which rows of a store a training run reads, and how it turns them into (U, Y).
-
-    Parameters
-    ----------
-    store : str or Store
-        Path of the Zarr store, or an opened :class:`~dimplicit.data.store.Store` (e.g. one
-        built in memory from arrays, for the in-process executor).
-    task : {"classify", "regress", "autoencode"}
-        ``classify``: Y = label codes (cross-entropy); ``regress``: Y = numeric label value;
-        ``autoencode``: Y = U (reconstruction).
-    normal_only : bool
-        Keep only rows whose label is a normal class (anomaly detection trains on these).
-    standardize : bool
-        Apply the store's stored mean/std (computed at ingest) to the features.
-    device, dtype : str
-        Backend of the loaded arrays.
-    """
-
-    store: Any
-    task: str = "classify"
-    normal_only: bool = False
-    standardize: bool = True
-    device: str = "cpu"
-    dtype: str = "float32"
-
-    def __post_init__(self):
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
 
 
 def eligible_mask(store, labels, split, spec: DataSpec, split_name: str) -> np.ndarray:
@@ -130,6 +95,20 @@ def block_rows(seed: int, epoch: int, chunk: int, n_rows: int, block: int, rows:
     return perm[block * rows : (block + 1) * rows]
 
 
+def _quiet_float_errors(fn):
+    """Run ``fn`` without NumPy's overflow/invalid warnings: a diverging step is detected
+    explicitly (``update`` checks every value) and reported once, as one line."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_quiet_float_errors
 def block_sums(params, template, data, config, seed, epoch, chunk, block, rows, device, dtype):
     """Loss/gradient sums of one block (a task); the result is on the host (it travels)."""
     t0 = time.perf_counter()
@@ -145,6 +124,7 @@ def block_sums(params, template, data, config, seed, epoch, chunk, block, rows, 
     return res
 
 
+@_quiet_float_errors
 def eval_sums(params, template, data, config, device, dtype):
     """Validation sums of a whole chunk: forward only, no gradients.
 
@@ -192,7 +172,8 @@ def add_eval(a, b):
     return {k: a[k] + b[k] for k in a}
 
 
-def update(params, state, total, step, optimizer, template, on_divergence="stop"):
+@_quiet_float_errors
+def update(params, state, total, step, optimizer, template):
     """Optimizer step + projection from reduced sums (a task).
 
     Returns ``(params, state, finite)``.  When the loss, a gradient or a new weight is not
@@ -237,7 +218,6 @@ def with_params(template: ImplicitModel, params: dict) -> ImplicitModel:
 
 
 __all__ = [
-    "DataSpec",
     "load_chunk",
     "block_rows",
     "block_sums",

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dimplicit.bench import peak_rss_mb, step_flops
+from dimplicit.benchmarks.measure import peak_rss_mb, step_flops
 from dimplicit.data.store import StoreWriter
 from dimplicit.distributed.connect import connect
-from dimplicit.distributed.tasks import DataSpec
+from dimplicit.distributed.spec import DataSpec
 from dimplicit.distributed.trainer import Trainer
 from dimplicit.gradients import BackwardOptions
 from dimplicit.model import dense_model

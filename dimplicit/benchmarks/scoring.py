@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from dimplicit.anomaly.score import score_store
-from dimplicit.bench import peak_rss_mb
+from dimplicit.benchmarks.measure import peak_rss_mb
 from dimplicit.data.store import open_store
 from dimplicit.data.synth import synth_traffic
 from dimplicit.distributed.connect import connect

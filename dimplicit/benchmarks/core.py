@@ -9,47 +9,17 @@ GEMMs that are not in the iterations, such as ``Vᵀ X``)::
 from __future__ import annotations
 
 import platform
-import resource
-import sys
 import time
 
 import numpy as np
 
 from dimplicit.backend import blas_threads, get_backend
+from dimplicit.benchmarks.measure import gemm_peak_gflops, peak_rss_mb, step_flops
 from dimplicit.gradients import BackwardOptions
 from dimplicit.model import dense_model
 from dimplicit.optim import OptimizerConfig, apply_update, init_state
 from dimplicit.partition import StepConfig, mean_gradients, partition_sums
 from dimplicit.solvers import SolverOptions
-
-
-def step_flops(b, n, p, q, k_f, k_b) -> float:
-    """Flops of one training step (docs/design.md §6)."""
-    return 2.0 * b * n * n * (k_f + k_b) + 4.0 * b * n * (p + q)
-
-
-def gemm_peak_gflops(b: int, n: int, backend, repeats: int = 5) -> float:
-    """Best measured GFLOP/s of a (b × n) @ (n × n) GEMM with this backend's dtype and threads."""
-    xp = backend.xp
-    rng = np.random.default_rng(0)
-    X = backend.asarray(rng.standard_normal((b, n)))
-    W = backend.asarray(rng.standard_normal((n, n)))
-    out = xp.empty((b, n), dtype=X.dtype)
-    xp.matmul(X, W.T, out=out)  # warm-up (thread pool, cuBLAS handle)
-    best = float("inf")
-    for _ in range(repeats):
-        backend.synchronize()
-        t0 = time.perf_counter()
-        xp.matmul(X, W.T, out=out)
-        backend.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * b * n * n / best / 1e9
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (MiB)."""
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
 
 def bench_core(

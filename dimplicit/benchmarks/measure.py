@@ -1,0 +1,38 @@
+"""What every benchmark measures the same way: useful FLOPs, the GEMM peak, peak memory."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import numpy as np
+
+
+def step_flops(b, n, p, q, k_f, k_b) -> float:
+    """Flops of one training step (docs/design.md §6)."""
+    return 2.0 * b * n * n * (k_f + k_b) + 4.0 * b * n * (p + q)
+
+
+def gemm_peak_gflops(b: int, n: int, backend, repeats: int = 5) -> float:
+    """Best measured GFLOP/s of a (b × n) @ (n × n) GEMM with this backend's dtype and threads."""
+    xp = backend.xp
+    rng = np.random.default_rng(0)
+    X = backend.asarray(rng.standard_normal((b, n)))
+    W = backend.asarray(rng.standard_normal((n, n)))
+    out = xp.empty((b, n), dtype=X.dtype)
+    xp.matmul(X, W.T, out=out)  # warm-up (thread pool, cuBLAS handle)
+    best = float("inf")
+    for _ in range(repeats):
+        backend.synchronize()
+        t0 = time.perf_counter()
+        xp.matmul(X, W.T, out=out)
+        backend.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * b * n * n / best / 1e9
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (MiB)."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
