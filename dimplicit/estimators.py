@@ -325,6 +325,7 @@ class _ImplicitEstimator(TransformerMixin, BaseEstimator):
     def _outputs(self, X, what="y"):
         """Model outputs (``y``: Ŷ in standardised target units; ``x``: the state) of ``X``."""
         check_is_fitted(self, "model_")
+        X = _from_zarr(X)
         if _is_dask(X):
             return self._outputs_dask(X, what)
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
@@ -436,7 +437,8 @@ class ImplicitClassifier(ClassifierMixin, _ImplicitEstimator):
     _FITTED = ("classes_", *_ImplicitEstimator._FITTED)
 
     def fit(self, X, y=None):
-        """Train on ``X`` (array, Dask array or store path) and class labels ``y``."""
+        """Train on ``X`` (array, Dask or Zarr array, store path) and class labels ``y``."""
+        X, y = _from_zarr(X), _from_zarr(y)
         if _is_dask(X):
             import dask
 
@@ -504,7 +506,8 @@ class ImplicitRegressor(RegressorMixin, _ImplicitEstimator):
     _FITTED = ("n_outputs_", "y_1d_", *_ImplicitEstimator._FITTED)
 
     def fit(self, X, y=None):
-        """Train on ``X`` (array, Dask array or store path) and targets ``y``."""
+        """Train on ``X`` (array, Dask or Zarr array, store path) and targets ``y``."""
+        X, y = _from_zarr(X), _from_zarr(y)
         if _is_dask(X):
             self.y_1d_ = y.ndim == 1
             self.n_outputs_ = 1 if y.ndim == 1 else int(y.shape[1])
@@ -623,6 +626,7 @@ class ImplicitAutoencoder(OutlierMixin, _ImplicitEstimator):
 
     def fit(self, X, y=None):
         """Train on the rows of ``X`` (``y`` ignored); the threshold from ``contamination``."""
+        X = _from_zarr(X)
         if not 0 < self.contamination < 0.5:
             raise ValueError(f"contamination must be in (0, 0.5), got {self.contamination!r}")
         self.calibration_ = None
@@ -656,6 +660,7 @@ class ImplicitAutoencoder(OutlierMixin, _ImplicitEstimator):
         from dimplicit.anomaly.metrics import calibrate
 
         check_is_fitted(self, "model_")
+        X = _from_zarr(X)
         if not _is_dask(X):
             X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         anomalous = np.asarray(y).astype(bool).reshape(-1)
@@ -710,6 +715,7 @@ class ImplicitAutoencoder(OutlierMixin, _ImplicitEstimator):
     def score_samples(self, X):
         """Negative reconstruction RMSE: higher means more normal."""
         check_is_fitted(self, "model_")
+        X = _from_zarr(X)
         if not _is_dask(X):
             X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         return -self._raw(X)
@@ -734,6 +740,15 @@ class ImplicitAutoencoder(OutlierMixin, _ImplicitEstimator):
 
 def _is_dask(x) -> bool:
     return type(x).__module__.startswith("dask.array")
+
+
+def _from_zarr(x):
+    """A ``zarr.Array`` is read chunk by chunk, as the Dask array over its chunks."""
+    if type(x).__module__.startswith("zarr") and hasattr(x, "chunks") and hasattr(x, "shape"):
+        import dask.array as da
+
+        return da.from_zarr(x)
+    return x
 
 
 def _softmax(z):

@@ -177,3 +177,16 @@ def test_defaults_at_least_match_scikit_learns_mlp(loader, ours, theirs):
         mlp = theirs(random_state=0).fit(scaler.transform(X_train), y_train)
     est = ours(random_state=0).fit(X_train, y_train)
     assert est.score(X_test, y_test) >= mlp.score(scaler.transform(X_test), y_test)
+
+
+def test_a_zarr_array_is_read_as_the_dask_array_over_its_chunks(blobs):
+    import zarr
+
+    X, y = blobs
+    Xz = zarr.array(X.astype(np.float32), chunks=(100, 6))
+    yz = zarr.array(y, chunks=(100,))
+    est = ImplicitClassifier(**SMALL).fit(Xz, yz)
+    assert est.summary_["executor"] == "dask"
+    out = est.predict(Xz)
+    assert isinstance(out, da.Array) and out.chunks[0] == (100,) * 4
+    assert (out.compute() == est.predict(X.astype(np.float32))).mean() > 0.99
