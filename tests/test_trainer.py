@@ -186,6 +186,7 @@ def test_cli_train_prints_one_json_summary(teacher_store, tmp_path, capsys):
     summary = json.loads(out)
     for key in ("steps", "final_loss", "samples_per_s", "weights_sha256", "checkpoint"):
         assert summary[key] is not None, key
+    assert summary["executor"] == "dask"  # auto: more than one worker asks for a cluster
     assert (tmp_path / "c" / "model.npz").is_file()
     assert (tmp_path / "c" / "metrics.jsonl").is_file()
 

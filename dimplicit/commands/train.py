@@ -116,8 +116,9 @@ def add_parser(sub):
         "--executor",
         choices=["auto", "local", "dask"],
         default="auto",
-        help="local: in this process, no Dask; dask: on a Dask cluster; auto: local when no "
-        "--scheduler/--scheduler-file is given and the data fit comfortably in memory",
+        help="local: in this process, no Dask; dask: on a Dask cluster; auto: local unless "
+        "--scheduler/--scheduler-file or more than one --workers is given, or the data do not "
+        "fit comfortably in memory",
     )
     p.add_argument(
         "--no-standardize",
@@ -221,7 +222,9 @@ def run(args) -> int:
     metrics = args.metrics_log or str(Path(checkpoint_dir) / "metrics.jsonl")
     executor = args.executor
     if executor == "auto":
-        executor = "dask" if (args.scheduler or args.scheduler_file) else _fits_locally(store, args)
+        # More than one worker, or a scheduler, is a request for a cluster.
+        asked = args.scheduler or args.scheduler_file or (args.workers or 1) > 1
+        executor = "dask" if asked else _fits_locally(store, args)
     trainer = Trainer(
         model, spec, config=config, epochs=args.epochs, batch_size=args.batch_size,
         block_rows=args.block_rows, seed=args.seed, checkpoint_dir=checkpoint_dir,
