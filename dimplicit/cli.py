@@ -22,6 +22,7 @@ COMMANDS = [
     "evaluate",
     "gradcheck",
     "bench",
+    "certify",
 ]
 
 
