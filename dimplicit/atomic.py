@@ -92,6 +92,29 @@ def recover(path) -> list[str]:
     return actions
 
 
+def remove_temporary(path) -> None:
+    """Delete a temporary of THIS process (``.NAME.tmp-PID-TAG``, from :func:`temp_sibling`).
+
+    The one way dimplicit deletes a directory tree of its own making: anything that is not
+    this process's temporary is refused, so a mistake can never delete a user's directory.
+    Missing paths are fine (the temporary may never have been created).
+    """
+    path = Path(path)
+    m = _LEFTOVER.match(path.name)
+    if not m or m["kind"] != "tmp" or int(m["pid"]) != os.getpid():
+        raise ValueError(f"refusing to delete {path}: not a temporary of this process")
+    if os.path.lexists(path):
+        _remove(path)
+
+
+def make_temporary_dir(parent, name: str) -> Path:
+    """Create and return a fresh temporary directory ``parent/.NAME.tmp-PID-TAG``."""
+    path = temp_sibling(Path(parent) / name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir()
+    return path
+
+
 def clean_directory(directory) -> list[str]:
     """:func:`recover` every output name in ``directory`` that has leftovers."""
     directory = Path(directory)

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import warnings
-from pathlib import Path
 
 import numpy as np
 from sklearn.base import (
@@ -158,12 +156,14 @@ class _ImplicitEstimator(TransformerMixin, BaseEstimator):
             store = self._store_from_path(X, y)
             return self._train(store, seed, normal_only, client_needed=False)
         if _is_dask(X):
-            tmp = Path(tempfile.mkdtemp(prefix="dimplicit-fit-", dir=self.temp_dir))
+            from dimplicit.atomic import make_temporary_dir, remove_temporary
+
+            tmp = make_temporary_dir(self.temp_dir or tempfile.gettempdir(), "dimplicit-fit")
             try:
                 store = self._store_from_dask(X, y, tmp / "data.zarr", seed)
                 return self._train(store, seed, normal_only, client_needed=True)
             finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+                remove_temporary(tmp)
         X, Y = self._validate_fit(X, y)
         store = self._store_from_arrays(X, Y, seed)
         return self._train(store, seed, normal_only, client_needed=False)

@@ -30,7 +30,6 @@ an output) are shared with :mod:`dimplicit.anomaly.score`.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +39,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
+from dimplicit.atomic import remove_temporary
 from dimplicit.data.preprocess import standardize
 from dimplicit.data.store import (
     PREDICTIONS_FORMAT,
@@ -260,7 +260,7 @@ def write_output(
         group.attrs.update(full)
         publish(tmp, out, kind, overwrite, protect)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_temporary(tmp)
         raise
     return full
 

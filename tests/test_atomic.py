@@ -300,3 +300,32 @@ def test_scores_attrs_record_the_output_kind(scored, tmp_path):
     doc = json.loads((tmp_path / "s.zarr" / "zarr.json").read_text())
     assert doc["attributes"]["format"] == SCORES_FORMAT
     assert np.isfinite(zarr.open_group(tmp_path / "s.zarr", mode="r")["raw_score"][:]).all()
+
+
+def test_only_this_process_temporaries_are_ever_deleted(tmp_path):
+    """The one deletion helper refuses anything but a temporary of this process."""
+    mine = atomic.make_temporary_dir(tmp_path, "out")
+    (mine / "x").write_text("x")
+    user = tmp_path / "data"
+    user.mkdir()
+    other = tmp_path / f".out.tmp-{dead_pid()}-deadbeef"
+    other.mkdir()
+    for path in (user, other, tmp_path / ".out.old-1-deadbeef"):
+        with pytest.raises(ValueError, match="refusing to delete"):
+            atomic.remove_temporary(path)
+    atomic.remove_temporary(mine)
+    assert not mine.exists() and user.is_dir() and other.is_dir()
+    atomic.remove_temporary(mine)  # already gone: fine
+
+
+def test_demo_never_deletes_under_its_workdir(tmp_path, capsys):
+    """Re-running the demo writes a new model directory; an old one (or a user's file in
+    it) is left alone."""
+    keep = tmp_path / "model" / "keep.txt"
+    keep.parent.mkdir()
+    keep.write_text("x")
+    args = ["demo", "--workdir", str(tmp_path), "--rows", "3000", "--epochs", "1", "--quiet",
+            "--no-processes"]  # fmt: skip
+    assert cli(capsys, *args)[0] == 0
+    assert keep.read_text() == "x"
+    assert len([p for p in keep.parent.iterdir() if p.is_dir()]) == 1

@@ -9,10 +9,10 @@ import argparse
 import contextlib
 import glob
 import json
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from dimplicit.atomic import make_temporary_dir, remove_temporary
 from dimplicit.commands._options import add_quiet_argument
 from dimplicit.data.sources import SOURCE_FORMATS
 
@@ -158,7 +158,6 @@ def input_store(data, model, out, *, reference=None, fmt=None) -> Iterator[tuple
         The store, and the ingest report (None when ``data`` is a store).  The temporary
         store is removed on exit.
     """
-    from dimplicit.atomic import temp_sibling
     from dimplicit.data.store import output_kind
 
     path = Path(data)
@@ -173,14 +172,14 @@ def input_store(data, model, out, *, reference=None, fmt=None) -> Iterator[tuple
     ref = reference or model.meta.get("training", {}).get("store")
     if not ref:
         raise ValueError(f"{path} is not a store: ingesting it needs --reference TRAINING_STORE")
-    tmpdir = temp_sibling(out)
-    tmpdir.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir.mkdir()
+    # Named like every temporary of `out`, so a killed run's leftover is removed by the
+    # next run on the same path.
+    tmpdir = make_temporary_dir(out.parent, out.name)
     try:
         report = _ingest(data, tmpdir / "data.zarr", fmt, ref)
         yield tmpdir / "data.zarr", report
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        remove_temporary(tmpdir)
 
 
 def _ingest(data, store, fmt, reference) -> dict:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import time
+from pathlib import Path
 
 from dimplicit.commands._types import kappa, positive_int, seed, split_fractions
 from dimplicit.gradients import BackwardOptions
@@ -155,3 +157,14 @@ def add_model_arguments(parser):
 
 def backward_options(args) -> BackwardOptions:
     return BackwardOptions(args.method, solver=solver_options(args))
+
+
+def new_run_dir(parent: Path) -> Path:
+    """``parent/DATE-TIME`` (with a suffix if two runs start in the same second): a new
+    directory name for a run's checkpoints and model, so nothing earlier is ever replaced."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for k in range(1000):
+        path = Path(parent) / (stamp if k == 0 else f"{stamp}-{k}")
+        if not path.exists():
+            return path
+    raise FileExistsError(f"{parent}/{stamp}-*: too many runs started this second")

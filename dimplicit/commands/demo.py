@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from dimplicit.commands._cluster import add_cluster_arguments
-from dimplicit.commands._options import add_quiet_argument
+from dimplicit.commands._options import add_quiet_argument, new_run_dir
 from dimplicit.commands._types import positive_int, seed
 
 
@@ -37,7 +37,6 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    import shutil
 
     from dimplicit.anomaly.evaluate import evaluate, plot
     from dimplicit.anomaly.score import calibrate_model, score_store
@@ -61,8 +60,8 @@ def run(args) -> int:
     synth = synth_traffic(args.rows, data, seed=args.seed, overwrite=True)
     store = open_store(data)
     model = build_model(args.arch, store.n_features, store.n_features, seed=args.seed)
-    ckpt = work / "model"
-    shutil.rmtree(ckpt, ignore_errors=True)  # the demo always starts afresh
+    # A new directory each run: the demo never deletes anything under --workdir.
+    ckpt = new_run_dir(work / "model")
     fwd = SolverOptions("picard", tol=1e-4, max_iter=100)
     trainer = Trainer(
         model,

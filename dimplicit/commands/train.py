@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from dimplicit.commands._options import (
@@ -15,6 +14,7 @@ from dimplicit.commands._options import (
     add_seed_argument,
     add_solver_arguments,
     backward_options,
+    new_run_dir,
     solver_options,
 )
 from dimplicit.commands._types import non_negative_int, positive_int
@@ -218,7 +218,7 @@ def run(args) -> int:
     )
     # A trained model is never thrown away: without --checkpoint-dir it goes to a new run
     # directory.
-    checkpoint_dir = args.checkpoint_dir or str(_new_run_dir())
+    checkpoint_dir = args.checkpoint_dir or str(new_run_dir(Path("runs")))
     metrics = args.metrics_log or str(Path(checkpoint_dir) / "metrics.jsonl")
     executor = args.executor
     if executor == "auto":
@@ -262,16 +262,6 @@ def run(args) -> int:
             summary["calibration"] = calibrate_model(trainer.model_, store, summary.get("model"))
     print(json.dumps(summary))
     return 0
-
-
-def _new_run_dir() -> Path:
-    """``runs/DATE-TIME`` (with a suffix if two runs start in the same second)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for k in range(1000):
-        path = Path("runs") / (stamp if k == 0 else f"{stamp}-{k}")
-        if not path.exists():
-            return path
-    raise FileExistsError(f"runs/{stamp}-*: too many runs started this second")
 
 
 def _fits_locally(store, args) -> str:

@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -453,7 +452,9 @@ class StoreWriter:
 
     def _discard(self) -> None:
         if self.path is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            from dimplicit.atomic import remove_temporary
+
+            remove_temporary(self._tmp)
 
     def __enter__(self):
         return self
