@@ -165,3 +165,74 @@ class Activation:
         if isinstance(self.spec, str):
             return [self.spec] * n
         return list(self.spec)
+
+
+class GatedActivation:
+    """``s ⊙ φ(z)``: an :class:`Activation` whose gated neurons' outputs are scaled by a gate.
+
+    The "v2" latent layer of Szekeres & Izsák (2024): neuron ``i`` outputs ``σ(β_i) φ_i(z_i)``
+    (:attr:`dimplicit.model.ImplicitModel.phi` builds this from the model's ``beta``).  Only
+    the gated columns are touched, so an ungated neuron computes exactly ``φ(z)`` (no
+    multiplication by 1, no rounding change).
+
+    Parameters
+    ----------
+    base : Activation
+        φ of every hidden neuron.
+    gate : array (n_gated,)
+        ``s_i = σ(β_i) ∈ (0, 1)`` of the gated neurons, on the device of the data.
+    cols : ndarray of int (n_gated,)
+        Indices of the gated neurons, increasing.
+    """
+
+    def __init__(self, base: Activation, gate, cols):
+        self.base = base
+        self.gate = gate
+        self.cols = np.asarray(cols, dtype=np.int64)
+        self.names = base.names
+        # Gated neurons are usually one contiguous run (a layer): a slice, no fancy indexing.
+        c = self.cols
+        contiguous = c.size > 0 and c[-1] - c[0] + 1 == c.size
+        self._sel = slice(int(c[0]), int(c[-1]) + 1) if contiguous else c
+
+    def _index(self, xp):
+        if isinstance(self._sel, slice):
+            return self._sel
+        cache = self.__dict__.setdefault("_cols", {})
+        if xp.__name__ not in cache:
+            cache[xp.__name__] = xp.asarray(self._sel)
+        return cache[xp.__name__]
+
+    def apply_(self, z):
+        """``s ⊙ φ(z)`` in place (``z`` is batch × n)."""
+        self.base.apply_(z)
+        if self.cols.size:
+            z[:, self._index(array_module(z))] *= self.gate.astype(z.dtype, copy=False)
+        return z
+
+    def derivative(self, x):
+        """``s ⊙ φ'(z)`` (batch × n) from ``x = s ⊙ φ(z)``: φ' is read off ``x / s``."""
+        if not self.cols.size:
+            return self.base.derivative(x)
+        s = self.gate.astype(x.dtype, copy=False)
+        if isinstance(self._sel, slice):  # one run of columns: redo only those
+            a, b = self._sel.start, self._sel.stop
+            out = self.base.derivative(x)
+            out[:, a:b] = self.base.sub(a, b).derivative(x[:, a:b] / s) * s
+            return out
+        sel = self._index(array_module(x))
+        pre = x.copy()
+        pre[:, sel] = x[:, sel] / s
+        out = self.base.derivative(pre)
+        out[:, sel] *= s
+        return out
+
+    def sub(self, start: int, stop: int):
+        """The gated φ of neurons ``start:stop`` (a plain :class:`Activation` if none is gated)."""
+        base = self.base.sub(start, stop)
+        keep = (self.cols >= start) & (self.cols < stop)
+        if not keep.any():
+            return base
+        xp = array_module(self.gate)
+        return GatedActivation(base, self.gate[xp.asarray(np.flatnonzero(keep))],
+                               self.cols[keep] - start)  # fmt: skip

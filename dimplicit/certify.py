@@ -1,13 +1,24 @@
 """Robustness certificates of implicit models (El Ghaoui et al., *Implicit Deep Learning*).
 
-For a well-posed model (‖A‖∞ < 1) whose activation φ is componentwise 1-Lipschitz, the change
-of the output caused by a change ``δ`` of the input is bounded entrywise by ::
+For a well-posed model (Perron root ρ(|A|) < 1, implied by ‖A‖∞ < 1) whose activation φ is
+componentwise 1-Lipschitz, the change of the output caused by a change ``δ`` of the input is
+bounded entrywise by ::
 
     |ŷ(u + δ) − ŷ(u)| ≤ M |δ|,      M = |C| (I − |A|)⁻¹ |B| + |D|   (q × p, non-negative).
 
 Proof sketch: ``|Δx| = |φ(z + Δz) − φ(z)| ≤ |Δz| ≤ |A||Δx| + |B||δ|``, hence
-``(I − |A|)|Δx| ≤ |B||δ|``; since ``‖A‖∞ < 1`` the Neumann series of ``(I − |A|)⁻¹`` converges
+``(I − |A|)|Δx| ≤ |B||δ|``; since ``ρ(|A|) < 1`` the Neumann series of ``(I − |A|)⁻¹`` converges
 and has non-negative terms, so ``|Δx| ≤ (I − |A|)⁻¹|B||δ|`` and ``|Δŷ| ≤ |C||Δx| + |D||δ|``.
+
+A gated model (``x = s ⊙ φ(z)``, ``s = σ(β) ∈ (0, 1)``, 1 on ungated neurons; see
+:mod:`dimplicit.model`) has neuron ``i`` ``s_i``-Lipschitz.  With ``G = diag(s)``,
+``|Δx| ≤ G|Δz| ≤ G|A||Δx| + G|B||δ|``, so when ``ρ(G|A|) < 1`` ::
+
+    M = |C| (I − G|A|)⁻¹ G |B| + |D|  =  |C| G (I − |A|G)⁻¹ |B| + |D|
+
+(push-through identity; note that ``(I − |A|G)⁻¹ G`` alone is a different matrix).  The
+condition is on the gate-weighted |A|: row ``i`` of ``|A|`` scaled by ``s_i``; without a gate
+``G = I`` and everything reduces to the bound above.
 
 Everything here works in the model's *input space*: the standardised features when the model
 records a scaler (:func:`model_space` applies it).  Masks are already applied to
@@ -19,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from dimplicit.activations import parse
+from dimplicit.backend import to_host
 from dimplicit.forward import predict
 from dimplicit.solvers import SolverOptions
 
@@ -31,39 +43,74 @@ TIGHT = SolverOptions(tol=1e-12, max_iter=20000)
 
 
 def _params64(model) -> dict:
-    return {k: np.asarray(v, dtype=np.float64) for k, v in model.params.items()}
+    return {k: np.asarray(to_host(v), dtype=np.float64) for k, v in model.params.items()}
+
+
+def gate_diagonal(model) -> np.ndarray:
+    """The gate of every hidden neuron, float64 (n,): ``σ(β_i)`` if gated, else exactly 1."""
+    g = np.ones(model.n_hidden)
+    if model.gated:
+        g[model.gate_units] = np.asarray(to_host(model.gate()), dtype=np.float64)
+    return g
 
 
 def check_certifiable(model) -> float:
-    """Return ‖A‖∞; raise a one-line ``ValueError`` unless the bound applies.
+    """Return a certified upper bound on ρ(G|A|); raise a one-line ``ValueError`` unless the
+    bound applies.
+
+    The sensitivity bound needs the Neumann series of ``(I − G|A|)⁻¹`` to converge, that is
+    the Perron root ρ(G|A|) < 1 — not the stronger ‖G|A|‖∞ < 1.  The difference matters for
+    layered models: the feed-forward "v0" autoencoders have ρ(|A|) = 0 (|A| is strictly block
+    lower-triangular) while their ‖A‖∞ is well above 1.  The check is itself a certificate
+    (Collatz–Wielandt): if ``v`` solves ``(I − G|A|) v = 1`` and ``v > 0``, then
+    ``G|A| v = v − 1`` gives ``ρ(G|A|) ≤ max_i (v_i − 1)/v_i = 1 − 1/max(v) < 1``; if
+    ρ ≥ 1, no such positive ``v`` exists.
 
     Raises
     ------
     ValueError
-        ``‖A‖∞ ≥ 1`` (the bound needs well-posedness) or an activation that is not
+        ``ρ(G|A|) ≥ 1`` (the bound needs a well-posed model), or an activation that is not
         1-Lipschitz.
     """
-    A = np.asarray(model.params["A"], dtype=np.float64)
-    norm = float(np.abs(A).sum(axis=1).max()) if A.size else 0.0
-    if not norm < 1.0:
-        raise ValueError(
-            f"‖A‖∞ = {norm:.4g} ≥ 1: the sensitivity bound needs a well-posed model "
-            "(‖A‖∞ < 1); train it with --kappa below 1 (e.g. 0.95)"
-        )
     for name in model.activation.names:
         base, alpha = parse(name)
         if LIPSCHITZ.get(base, np.inf) > 1.0 or alpha > 1.0:
             raise ValueError(f"activation {name!r} is not 1-Lipschitz: no sensitivity bound")
-    return norm
+    A = np.abs(np.asarray(to_host(model.params["A"]), dtype=np.float64))
+    if A.size == 0:
+        return 0.0
+    if model.gated:
+        A = gate_diagonal(model)[:, None] * A
+    norm = float(A.sum(axis=1).max())
+    if norm < 1.0:  # ρ ≤ ‖·‖∞: no solve needed
+        return norm
+    with np.errstate(all="ignore"):
+        try:
+            v = np.linalg.solve(np.eye(A.shape[0]) - A, np.ones(A.shape[0]))
+        except np.linalg.LinAlgError:
+            v = np.full(A.shape[0], np.nan)
+    # Exact arithmetic gives v ≥ 1 when ρ < 1; demand it with a margin for rounding.
+    if np.all(np.isfinite(v)) and v.min() >= 1.0 - 1e-9:
+        rho = 1.0 - 1.0 / float(v.max())
+        if rho < 1.0 - 1e-12:
+            return rho
+    what = "‖G|A|‖∞ (gate-weighted)" if model.gated else "‖A‖∞"
+    raise ValueError(
+        f"{what} = {norm:.4g} ≥ 1 and the Perron root ρ(|A|) is not below 1: the sensitivity "
+        "bound needs a well-posed model; train it with --kappa below 1 (e.g. 0.95)"
+    )
 
 
 def sensitivity_bound(model) -> np.ndarray:
-    """The entrywise sensitivity bound ``M = |C| (I − |A|)⁻¹ |B| + |D|`` (q × p).
+    """The entrywise sensitivity bound ``M = |C| (I − G|A|)⁻¹ G|B| + |D|`` (q × p).
+
+    ``G = diag(σ(β))`` on gated neurons, the identity without a gate (then
+    ``M = |C| (I − |A|)⁻¹ |B| + |D|``).
 
     Parameters
     ----------
     model : ImplicitModel
-        ‖A‖∞ < 1 and a 1-Lipschitz activation.
+        ρ(G|A|) < 1 and a 1-Lipschitz activation.
 
     Returns
     -------
@@ -73,13 +120,17 @@ def sensitivity_bound(model) -> np.ndarray:
     Raises
     ------
     ValueError
-        The model is not well-posed (‖A‖∞ ≥ 1) or φ is not 1-Lipschitz.
+        The model is not well-posed (ρ(G|A|) ≥ 1) or φ is not 1-Lipschitz.
     """
     check_certifiable(model)
     P = _params64(model)
     n = P["A"].shape[0]
-    # (I − |A|) Z = |B|, solved (never inverted); I − |A| is non-singular since ‖A‖∞ < 1.
-    Z = np.linalg.solve(np.eye(n) - np.abs(P["A"]), np.abs(P["B"])) if n else P["B"]
+    absA, absB = np.abs(P["A"]), np.abs(P["B"])
+    if model.gated:  # rows of neuron i scaled by its gate: G|A| and G|B|
+        g = gate_diagonal(model)[:, None]
+        absA, absB = g * absA, g * absB
+    # (I − G|A|) Z = G|B|, solved (never inverted); non-singular since ρ(G|A|) < 1.
+    Z = np.linalg.solve(np.eye(n) - absA, absB) if n else P["B"]
     return np.abs(P["C"]) @ Z + np.abs(P["D"])
 
 

@@ -48,7 +48,7 @@ class _ImplicitEstimator(TransformerMixin, BaseEstimator):
         relu, leaky_relu[:α], tanh, arctan, sigmoid, identity (default: the architecture's).
     kappa : float or None
         Keep ‖A‖∞ ≤ κ (well-posedness); None leaves A unconstrained.
-    solver : {"picard", "anderson"}
+    solver : {"auto", "picard", "anderson"}
     tol : float
         Relative residual per sample at which a fixed-point solve stops.
     max_iter : int
@@ -57,6 +57,10 @@ class _ImplicitEstimator(TransformerMixin, BaseEstimator):
         Gradient: ``implicit``, ``neumann``, ``jfb``, ``phantom-K``.
     optimizer : {"adam", "sgd"}
     lr, weight_decay, momentum : float
+    group_lasso : float
+        Feature selection: λ of the penalty λ Σ_j ‖[B; D][:, j]‖₂ on the input columns,
+        applied as a proximal step after every update (:mod:`dimplicit.sparsity`); the
+        features whose column ends at zero are unused (``selected_features_``).  0: none.
     nesterov : bool
     epochs : int
         Passes over the training rows.
@@ -98,13 +102,14 @@ class _ImplicitEstimator(TransformerMixin, BaseEstimator):
         hidden=128,
         activation=None,
         kappa=0.95,
-        solver="picard",
+        solver="auto",
         tol=1e-4,
         max_iter=300,
         method="implicit",
         optimizer="adam",
         lr=1e-3,
         weight_decay=0.0,
+        group_lasso=0.0,
         momentum=0.9,
         nesterov=False,
         epochs=100,
@@ -131,6 +136,7 @@ class _ImplicitEstimator(TransformerMixin, BaseEstimator):
         self.optimizer = optimizer
         self.lr = lr
         self.weight_decay = weight_decay
+        self.group_lasso = group_lasso
         self.momentum = momentum
         self.nesterov = nesterov
         self.epochs = epochs
@@ -285,7 +291,7 @@ class _ImplicitEstimator(TransformerMixin, BaseEstimator):
         )  # fmt: skip
         optimizer = OptimizerConfig(
             self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
-            momentum=self.momentum, nesterov=self.nesterov,
+            momentum=self.momentum, nesterov=self.nesterov, group_lasso=self.group_lasso,
         )  # fmt: skip
         has_val = bool((store.split[:] == 1).any())
         spec = DataSpec(store, self._task, normal_only, True, self.device, self.dtype)
@@ -371,6 +377,24 @@ class _ImplicitEstimator(TransformerMixin, BaseEstimator):
         """The equilibrium state ``x`` of every row (NumPy in: NumPy out; Dask: lazy)."""
         return self._outputs(X, "x")
 
+    # ------------------------------------------------------------------ feature selection
+
+    @property
+    def feature_norms_(self):
+        """‖[B; D][:, j]‖₂ of every input feature (standardised units); 0 = feature unused."""
+        from dimplicit.sparsity import column_norms
+
+        check_is_fitted(self, "model_")
+        return column_norms(self.model_)
+
+    @property
+    def selected_features_(self):
+        """Indices of the input features the fitted model uses (non-zero column norm); with
+        ``group_lasso > 0`` the others are exactly zero."""
+        from dimplicit.sparsity import selected_features
+
+        return selected_features(self.feature_norms_)
+
     # ------------------------------------------------------------------ persistence
 
     _FITTED = ("n_features_in_", "n_iter_", "best_")
@@ -432,6 +456,10 @@ class ImplicitClassifier(ClassifierMixin, _ImplicitEstimator):
     best_ : dict or None
         The best evaluation (with ``select_best``/``patience``).
     n_features_in_, n_iter_ : int
+    feature_norms_ : ndarray of float
+        ‖[B; D][:, j]‖₂ of every input feature (see ``group_lasso``).
+    selected_features_ : ndarray of int
+        Indices of the features with a non-zero column norm.
     """
 
     _FITTED = ("classes_", *_ImplicitEstimator._FITTED)
@@ -496,7 +524,7 @@ class ImplicitRegressor(RegressorMixin, _ImplicitEstimator):
         Number of targets.
     model_ : ImplicitModel
         The trained network; input and target scalers in ``model_.meta["training"]``.
-    history_, evaluations_, best_, n_features_in_, n_iter_
+    history_, evaluations_, best_, n_features_in_, n_iter_, feature_norms_, selected_features_
         As for :class:`ImplicitClassifier`.
     """
 
@@ -591,13 +619,14 @@ class ImplicitAutoencoder(OutlierMixin, _ImplicitEstimator):
         hidden=128,
         activation=None,
         kappa=0.95,
-        solver="picard",
+        solver="auto",
         tol=1e-4,
         max_iter=300,
         method="implicit",
         optimizer="adam",
         lr=1e-3,
         weight_decay=0.0,
+        group_lasso=0.0,
         momentum=0.9,
         nesterov=False,
         epochs=20,
@@ -617,7 +646,8 @@ class ImplicitAutoencoder(OutlierMixin, _ImplicitEstimator):
         super().__init__(
             arch=arch, hidden=hidden, activation=activation, kappa=kappa, solver=solver,
             tol=tol, max_iter=max_iter, method=method, optimizer=optimizer, lr=lr,
-            weight_decay=weight_decay, momentum=momentum, nesterov=nesterov, epochs=epochs,
+            weight_decay=weight_decay, group_lasso=group_lasso, momentum=momentum,
+            nesterov=nesterov, epochs=epochs,
             batch_size=batch_size, validation_fraction=validation_fraction,
             eval_every=eval_every, select_best=select_best, patience=patience,
             random_state=random_state, device=device, dtype=dtype, executor=executor,

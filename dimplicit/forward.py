@@ -1,4 +1,11 @@
-"""The equilibrium (forward) pass: solve ``X = φ(X Aᵀ + U Bᵀ + b_x)`` and predict ``Ŷ``."""
+"""The equilibrium (forward) pass: solve ``X = φ(X Aᵀ + U Bᵀ + b_x)`` and predict ``Ŷ``.
+
+For a gated model φ is :attr:`~dimplicit.model.ImplicitModel.phi`, ``s ⊙ φ``: the gate
+``s = σ(β)`` scales the gated neurons' outputs inside every application of the map, so the
+fixed point, and everything that reads ``X`` (other neurons through ``A``, the output through
+``C``), sees the gated values.  Since ``0 < s < 1`` the gate only shrinks the map's Lipschitz
+constant: a model well-posed without it stays well-posed.
+"""
 
 from __future__ import annotations
 
@@ -29,9 +36,9 @@ def equilibrium(model, U, options: SolverOptions = SolverOptions(), X0=None):
     A = P["A"]
     Uproj = S.B.matmul_t(U, P["B"])  # computed once per solve (docs/design.md §2)
     Uproj += P["b_x"]
-    act = model.activation
+    act = model.phi  # s ⊙ φ for gated models (built once per solve from the current β)
     if options.layerwise and S.layer_order:
-        return _layer_sweep(model, Uproj, options, X0)
+        return _layer_sweep(model, Uproj, options, X0, act)
 
     def f_(x, out):
         S.A.matmul_t(x, A, out=out)
@@ -42,7 +49,7 @@ def equilibrium(model, U, options: SolverOptions = SolverOptions(), X0=None):
     return solve(f_, x0, options, what="forward fixed-point solve")
 
 
-def _layer_sweep(model, Z, options, X0):
+def _layer_sweep(model, Z, options, X0, act):
     """Solve a block lower-triangular equilibrium layer by layer (forward substitution).
 
     Layer ``g`` reads only earlier layers (final once computed) and itself: ``x_g = φ(z_g)``
@@ -50,7 +57,7 @@ def _layer_sweep(model, Z, options, X0):
     ``Z`` (the input projection) is overwritten by ``X``.
     """
     xp = array_module(Z)
-    S, A, act = model.structure, model.params["A"], model.activation
+    S, A = model.structure, model.params["A"]
     parts = []
     for g0, g1 in S.groups:
         z = Z[:, g0:g1]

@@ -6,6 +6,15 @@ Batch-first notation (docs/design.md §1)::
 
 Weights live in a plain ``dict`` (``PARAM_NAMES`` order) so they travel cheaply between Dask
 tasks and into ``.npz`` checkpoints; masks are 0/1 arrays of the same shapes (``None`` = free).
+
+A model may also carry a trainable *gate* (the "v2" autoencoders of Szekeres & Izsák 2024):
+``beta`` (n,), with the mask ``masks["beta"]`` marking the gated neurons, whose output is
+``σ(β_i) φ(z_i)`` instead of ``φ(z_i)``::
+
+    X = s ⊙ φ(Z),   s_i = σ(β_i) for a gated neuron, 1 (exactly: not computed) otherwise.
+
+:func:`param_names` lists the parameters a model has (``PARAM_NAMES``, then ``beta`` if
+gated); code that walks the weights uses it, so ungated models behave bit for bit as before.
 """
 
 from __future__ import annotations
@@ -18,15 +27,31 @@ from pathlib import Path
 
 import numpy as np
 
-from dimplicit.activations import Activation
+from dimplicit.activations import Activation, GatedActivation
 from dimplicit.atomic import write_file
-from dimplicit.backend import to_host
+from dimplicit.backend import array_module, to_host
 from dimplicit.structure import BlockStructure
 
 # Fixed order: also the order hashed by :func:`weights_sha256`.
 PARAM_NAMES = ("A", "B", "C", "D", "b_x", "b_y")
 MATRICES = ("A", "B", "C", "D")
-FORMAT_VERSION = 1
+# The optional gate parameter (gated "v2" models only); it is not a matrix (no weight decay).
+GATE = "beta"
+# Version 2 files hold a gate; ungated models are still written as version 1, so files of
+# models without a gate are unchanged and older readers refuse gated files instead of
+# silently dropping the gate.
+FORMAT_VERSION = 2
+
+
+def param_names(params) -> tuple[str, ...]:
+    """The names of the parameters in ``params``: ``PARAM_NAMES``, then ``"beta"`` if gated."""
+    return (*PARAM_NAMES, GATE) if GATE in params else PARAM_NAMES
+
+
+def sigmoid(x):
+    """σ(x) = 1 / (1 + e^(−x)), overflow-free (the form used by the ``sigmoid`` activation)."""
+    xp = array_module(x)
+    return 0.5 * (1 + xp.tanh(0.5 * x))
 
 
 @dataclass
@@ -36,11 +61,13 @@ class ImplicitModel:
     Attributes
     ----------
     params : dict[str, array]
-        ``A`` (n×n), ``B`` (n×p), ``C`` (q×n), ``D`` (q×p), ``b_x`` (n,), ``b_y`` (q,).
+        ``A`` (n×n), ``B`` (n×p), ``C`` (q×n), ``D`` (q×p), ``b_x`` (n,), ``b_y`` (q,), and
+        optionally ``beta`` (n,): the gate logits (see the module docstring).
     activation : Activation
-        φ, one name or one per hidden neuron.
+        φ, one name or one per hidden neuron (without the gate: see :attr:`phi`).
     masks : dict[str, array]
-        Optional 0/1 structure masks for ``A``, ``B``, ``C``, ``D``; missing = all free.
+        Optional 0/1 structure masks for ``A``, ``B``, ``C``, ``D``, and ``beta`` (the gated
+        neurons); missing = all free (a ``beta`` without a mask gates every neuron).
     kappa : float or None
         Radius of the row-wise ℓ1 constraint on ``A`` kept during training (None: no constraint).
     meta : dict
@@ -58,13 +85,19 @@ class ImplicitModel:
         if missing:
             raise ValueError(f"model params missing {missing}")
         n, p, q = self.n_hidden, self.n_inputs, self.n_outputs
-        want = {"A": (n, n), "B": (n, p), "C": (q, n), "D": (q, p), "b_x": (n,), "b_y": (q,)}
-        for k, shape in want.items():
-            if tuple(self.params[k].shape) != shape:
-                raise ValueError(f"param {k} has shape {self.params[k].shape}, expected {shape}")
+        want = {"A": (n, n), "B": (n, p), "C": (q, n), "D": (q, p), "b_x": (n,), "b_y": (q,),
+                GATE: (n,)}  # fmt: skip
+        unknown = sorted(set(self.params) - set(want))
+        if unknown:
+            raise ValueError(f"unknown model params {unknown}")
+        for k in param_names(self.params):
+            if tuple(self.params[k].shape) != want[k]:
+                raise ValueError(f"param {k} has shape {self.params[k].shape}, expected {want[k]}")
         for k, m in self.masks.items():
-            if k not in MATRICES or tuple(m.shape) != want[k]:
+            if k not in (*MATRICES, GATE) or tuple(m.shape) != want[k]:
                 raise ValueError(f"mask {k!r} must have the shape of {k} {want.get(k)}")
+        if GATE in self.masks and GATE not in self.params:
+            raise ValueError(f"mask {GATE!r} given without the gate parameter {GATE!r}")
         # Masked entries are structural zeros: the block-sparse products skip them.
         self.params = dict(self.params)
         for k, m in self.masks.items():
@@ -74,6 +107,53 @@ class ImplicitModel:
     def structure(self) -> BlockStructure:
         """Which blocks of the weight matrices can be non-zero (computed once, from the masks)."""
         return BlockStructure.of(self)
+
+    @property
+    def gated(self) -> bool:
+        """Whether the model has a gate (``beta``)."""
+        return GATE in self.params
+
+    @property
+    def gate_units(self) -> np.ndarray:
+        """Indices of the gated hidden neurons (empty without a gate)."""
+        if not self.gated:
+            return np.zeros(0, dtype=np.int64)
+        m = self.masks.get(GATE)
+        return np.arange(self.n_hidden) if m is None else np.flatnonzero(to_host(m))
+
+    def gate(self):
+        """``σ(β_i)`` of the gated neurons (:attr:`gate_units` order), from the current ``beta``.
+
+        Computed on every call, never cached: ``beta`` may be changed in place (finite
+        differences, optimizer steps).
+        """
+        beta = self.params[GATE]
+        units = self.gate_units
+        cols = array_module(beta).asarray(units) if units.size < self.n_hidden else slice(None)
+        return sigmoid(beta[cols])
+
+    @property
+    def phi(self):
+        """The hidden map's activation including the gate: ``s ⊙ φ`` (``activation`` if ungated).
+
+        What the forward solves and the gradients use; rebuilt on each access from the current
+        ``beta``, so it is cheap to get once per solve and never stale.
+        """
+        if not self.gated:
+            return self.activation
+        return GatedActivation(self.activation, self.gate(), self.gate_units)
+
+    @property
+    def n_trainable(self) -> int:
+        """Trainable parameters: the free (unmasked) entries of every parameter.
+
+        Weights, biases and gates; structural zeros (mask entries 0) are not counted.
+        """
+        total = 0
+        for k in param_names(self.params):
+            m = self.masks.get(k)
+            total += int(self.params[k].size if m is None else np.count_nonzero(to_host(m)))
+        return total
 
     @property
     def n_hidden(self) -> int:
@@ -112,7 +192,7 @@ class ImplicitModel:
         arrays.update({f"mask/{k}": to_host(v) for k, v in self.masks.items()})
         header = {
             "format": "dimplicit-model",
-            "version": FORMAT_VERSION,
+            "version": FORMAT_VERSION if self.gated else 1,
             "activation": self.activation.to_list(self.n_hidden),
             "kappa": self.kappa,
             "meta": self.meta,
@@ -133,7 +213,12 @@ class ImplicitModel:
             header = json.loads(str(arrays["header"]))
             check_model_header(header)
             params = {k: arrays[f"param/{k}"] for k in PARAM_NAMES}
-            masks = {k: arrays[f"mask/{k}"] for k in MATRICES if f"mask/{k}" in arrays}
+            if f"param/{GATE}" in arrays:
+                if header["version"] < 2:
+                    raise ValueError(f"a version 1 file cannot hold a gate ({GATE})")
+                params[GATE] = arrays[f"param/{GATE}"]
+            names_masked = (*MATRICES, GATE)
+            masks = {k: arrays[f"mask/{k}"] for k in names_masked if f"mask/{k}" in arrays}
             names = header["activation"]
             spec = names[0] if len(set(names)) == 1 else names
             act = Activation(spec, params["A"].shape[0])
@@ -255,15 +340,50 @@ def load_npz(path, what: str = "file") -> dict:
 def weights_sha256(params: dict) -> str:
     """SHA-256 over all weight arrays' bytes, in ``PARAM_NAMES`` order, C-contiguous, host.
 
-    Two runs have the same hash exactly when their weights are bitwise identical.
+    Two runs have the same hash exactly when their weights are bitwise identical.  A gated
+    model's ``beta`` is hashed last (ungated models hash exactly the six arrays, as before).
     """
     h = hashlib.sha256()
-    for k in PARAM_NAMES:
+    for k in param_names(params):
         h.update(np.ascontiguousarray(to_host(params[k])).tobytes())
     return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- builders
+
+
+def with_gate(model: ImplicitModel, units, beta=0.0) -> ImplicitModel:
+    """A copy of ``model`` whose neurons ``units`` get a trainable output gate ``σ(β_i)``.
+
+    Parameters
+    ----------
+    model : ImplicitModel
+        Without a gate.
+    units : sequence of int
+        Indices of the hidden neurons to gate.
+    beta : float or array
+        Initial β of the gated neurons (a scalar, or one value per unit).
+
+    Returns
+    -------
+    ImplicitModel
+        The same weights, activation, κ and meta, plus ``params["beta"]`` and
+        ``masks["beta"]`` (see the module docstring).
+    """
+    if model.gated:
+        raise ValueError("the model already has a gate")
+    n = model.n_hidden
+    units = np.asarray(units, dtype=np.int64)
+    if units.size == 0 or units.min() < 0 or units.max() >= n or np.unique(units).size < units.size:
+        raise ValueError(f"units must be distinct neuron indices in [0, {n}), got {units}")
+    dtype = to_host(model.params["A"]).dtype
+    mask = np.zeros(n, dtype=dtype)
+    mask[units] = 1
+    b = np.zeros(n, dtype=dtype)
+    b[units] = beta
+    m = model.copy()
+    return ImplicitModel({**m.params, GATE: b}, m.activation, {**m.masks, GATE: mask},
+                         m.kappa, m.meta)  # fmt: skip
 
 
 def _rng(seed):
@@ -327,10 +447,13 @@ def layered_model(
     implicit_layers=(),
     implicit_activation="arctan",
     implicit_scale: float = 0.1,
+    gated_layers=(),
+    gate_init: float = 0.0,
     use_D: bool = False,
     kappa: float | None = None,
     seed=0,
     dtype="float32",
+    init: str = "default",
 ) -> ImplicitModel:
     """A layered (feedforward) network written as an implicit model, optionally partly implicit.
 
@@ -351,6 +474,12 @@ def layered_model(
         implicit; its neurons use ``implicit_activation``.
     implicit_scale : float
         Initial scale of the intra-layer block (small, so the initial model is well-posed).
+    gated_layers : sequence of int
+        Hidden-layer indices whose neurons get a trainable gate ``σ(β_i)`` on their output:
+        the "v2" latent layer of Szekeres & Izsák (2024).  The model then has the parameter
+        ``beta`` (n,) and the mask ``masks["beta"]`` marking the gated neurons.
+    gate_init : float
+        Initial ``β`` of every gated neuron (0: gate σ(0) = 1/2, as a zero-initialised bias).
     use_D : bool
         Add a direct input→output path.
     kappa : float or None
@@ -358,7 +487,14 @@ def layered_model(
         that every implicit layer stays a contraction (feedforward blocks are left free, see
         :func:`~dimplicit.projection.project_well_posed`).  None: unconstrained, as in the
         paper's models; non-convergence is then only detected and reported.
+    init : {"default", "uniform-fan-in"}
+        ``default``: scaled normal weights, zero biases, a small intra-layer block;
+        ``uniform-fan-in``: every weight and bias of a neuron drawn from U(−1, 1)/√fan-in,
+        fan-in = the neuron's incoming connections (the initialisation of Szekeres & Izsák
+        2024; see :func:`uniform_fan_in`).
     """
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     widths = [int(w) for w in widths]
     if len(widths) < 3 or min(widths) < 1:
         raise ValueError(
@@ -394,6 +530,16 @@ def layered_model(
     masks = {"A": MA, "B": MB, "C": MC}
     if not use_D:
         masks["D"] = np.zeros((q, p))
+    if gated_layers:  # draws nothing from rng: a v2 model has its v1 twin's weights
+        gate = np.zeros(n)
+        for l in gated_layers:
+            if not 0 <= l < len(hidden):
+                raise ValueError(f"gated layer {l} out of range for {len(hidden)} hidden layers")
+            gate[offs[l] : offs[l + 1]] = 1
+        params[GATE] = gate * gate_init
+        masks[GATE] = gate
+    if init == "uniform-fan-in":
+        params = uniform_fan_in(params, masks, rng)
     params = {k: v.astype(dtype) for k, v in params.items()}
     masks = {k: v.astype(dtype) for k, v in masks.items()}
     spec = names[0] if len(set(names)) == 1 else names
@@ -403,7 +549,33 @@ def layered_model(
         "implicit_layers": list(implicit_layers),
         "seed": seed,
     }
+    if gated_layers:
+        meta["gated_layers"] = [int(l) for l in gated_layers]
     return ImplicitModel(params, Activation(spec, n), masks, kappa, meta)
+
+
+INITS = ("default", "uniform-fan-in")
+
+
+def uniform_fan_in(params: dict, masks: dict, rng) -> dict:
+    """Redraw every connected weight and every bias as U(−1, 1)/√fan-in of its neuron.
+
+    A hidden neuron's fan-in counts its connections in ``A`` and ``B``, an output's in ``C``
+    and ``D`` (after the masks); a neuron without any keeps fan-in 1.  Like PyTorch's
+    ``nn.Linear`` default, biases use the same bound as the weights.  Any other parameter
+    (e.g. a gate) is returned unchanged.
+    """
+    ones = {k: np.ones_like(params[k]) for k in ("A", "B", "C", "D")}
+    M = {k: np.asarray(masks.get(k, ones[k]), dtype=np.float64) for k in ones}
+    fan = {"x": M["A"].sum(1) + M["B"].sum(1), "y": M["C"].sum(1) + M["D"].sum(1)}
+    bound = {k: 1.0 / np.sqrt(np.maximum(v, 1.0)) for k, v in fan.items()}
+    out = dict(params)  # other parameters (e.g. gates) keep their own initialisation
+    for k, side in (("A", "x"), ("B", "x"), ("C", "y"), ("D", "y")):
+        w = rng.uniform(-1.0, 1.0, params[k].shape) * bound[side][:, None]
+        out[k] = w * M[k]
+    out["b_x"] = rng.uniform(-1.0, 1.0, params["b_x"].shape) * bound["x"]
+    out["b_y"] = rng.uniform(-1.0, 1.0, params["b_y"].shape) * bound["y"]
+    return out
 
 
 def autoencoder_widths(n_features: int, layers: int, first: int, latent: int) -> list[int]:
@@ -424,14 +596,15 @@ def autoencoder_widths(n_features: int, layers: int, first: int, latent: int) ->
     return [n_features, *enc, *([latent] * middle), *enc[::-1], n_features]
 
 
-ARCHS = "dense | layered:W1,W2,... | ae-v0:M,S,L | ae-v1:M,S,L | ae-dense"
+ARCHS = "dense | layered:W1,W2,... | ae-v0:M,S,L | ae-v1:M,S,L | ae-v2:M,S,L | ae-dense"
+AUTOENCODERS = ("ae-v0", "ae-v1", "ae-v2")
 
 
 def _check_model_fits(kind, nums, n_inputs, n_outputs, hidden, dtype) -> None:
     """Refuse, before allocating, a model whose training state would not fit in memory."""
     from dimplicit.memory import check_fits
 
-    if kind in ("ae-v0", "ae-v1") and len(nums) == 3:
+    if kind in AUTOENCODERS and len(nums) == 3:
         n = sum(autoencoder_widths(n_inputs, *nums)[1:-1])
         what = f"architecture {kind}:{','.join(map(str, nums))} ({n} hidden neurons)"
     elif kind == "layered":
@@ -458,20 +631,32 @@ def build_model(
     kappa: float | None = 0.95,
     seed=0,
     dtype="float32",
+    init: str = "default",
+    latent_activation: str | None = None,
 ) -> ImplicitModel:
     """Build a model from a short architecture string (what the CLI's ``--arch`` takes).
+
+    ``init`` (layered and ``ae-*`` layered models): see :func:`layered_model`.
 
     ``dense``
         El Ghaoui dense implicit model with ``hidden`` neurons, ‖A‖∞ ≤ ``kappa``.
     ``layered:W1,W2,...``
         Feedforward layers of these widths (unconstrained A).
-    ``ae-v0:M,S,L`` / ``ae-v1:M,S,L``
+    ``ae-v0:M,S,L`` / ``ae-v1:M,S,L`` / ``ae-v2:M,S,L``
         Szekeres & Izsák autoencoders (M hidden layers, first width S, latent width L):
         v0 feedforward with leaky ReLU 0.1; v1 adds an all-to-all block (no self-loops,
         arctan) in the central latent layer, making it implicit; ``kappa`` bounds the
-        ℓ1 norm of that block's rows (None: unconstrained, as in the paper).
+        ℓ1 norm of that block's rows (None: unconstrained, as in the paper).  v2 is v1 with
+        a trainable gate on every latent neuron: its output is ``σ(β_i) φ(z_i)``, ``β``
+        initialised to 0 (the other weights are v1's for the same seed).
     ``ae-dense``
         Dense implicit autoencoder (outputs = inputs) with ‖A‖∞ ≤ ``kappa``.
+
+    ``activation`` is φ of the hidden neurons (default: ``leaky_relu:0.1`` for the layered
+    and autoencoder models, ``relu`` for the dense ones); ``latent_activation`` is φ of the
+    latent layer of ``ae-v1``/``ae-v2`` (default ``arctan``; ignored by the other
+    architectures).  The paper's v2 on HTRU2 is ``activation=latent_activation=
+    "leaky_relu:0.1"``, on NSL-KDD ``activation=latent_activation="arctan"``.
     """
     kind, _, args = arch.partition(":")
     try:
@@ -495,16 +680,17 @@ def build_model(
     if kind == "layered" and nums:
         return layered_model(
             [n_inputs, *nums, n_outputs], activation=activation or "leaky_relu:0.1",
-            use_D=True, seed=seed, dtype=dtype,
+            use_D=True, seed=seed, dtype=dtype, init=init,
         )  # fmt: skip
-    if kind in ("ae-v0", "ae-v1") and len(nums) == 3:
+    if kind in AUTOENCODERS and len(nums) == 3:
         widths = autoencoder_widths(n_inputs, *nums)
         n_hidden_layers = len(widths) - 2
-        implicit = (n_hidden_layers // 2,) if kind == "ae-v1" else ()
+        implicit = (n_hidden_layers // 2,) if kind in ("ae-v1", "ae-v2") else ()
         model = layered_model(
             widths, activation=activation or "leaky_relu:0.1", implicit_layers=implicit,
-            implicit_activation="arctan", kappa=kappa if implicit else None, seed=seed,
-            dtype=dtype,
+            implicit_activation=latent_activation or "arctan",
+            gated_layers=implicit if kind == "ae-v2" else (),
+            kappa=kappa if implicit else None, seed=seed, dtype=dtype, init=init,
         )  # fmt: skip
         model.meta["arch"] = arch
         return model

@@ -10,8 +10,9 @@ import math
 from dataclasses import asdict, dataclass
 
 from dimplicit.backend import array_module
-from dimplicit.model import MATRICES, PARAM_NAMES
+from dimplicit.model import MATRICES, param_names
 from dimplicit.projection import project_well_posed
+from dimplicit.sparsity import group_lasso_prox
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
@@ -35,12 +36,16 @@ class OptimizerConfig:
     eps : float
         Adam's ε.
     weight_decay : float
-        L2 penalty added to the gradient of the weight matrices (not the biases).
+        L2 penalty added to the gradient of the weight matrices (not the biases, nor the
+        gate logits β of a gated model).
     schedule : {"constant", "cosine"}
         Cosine decays from ``lr`` to ``lr * min_lr_ratio`` over ``total_steps`` after a linear
         warm-up of ``warmup_steps``.
     total_steps, warmup_steps : int
     min_lr_ratio : float
+    group_lasso : float
+        λ of the feature-selection penalty λ Σ_j ‖[B; D][:, j]‖₂, applied as its proximal
+        step (threshold λ·lr) after every update (:mod:`dimplicit.sparsity`); 0: none.
     """
 
     name: str = "adam"
@@ -54,6 +59,7 @@ class OptimizerConfig:
     total_steps: int = 0
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
+    group_lasso: float = 0.0
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
@@ -71,10 +77,16 @@ class OptimizerConfig:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("weight_decay must be ≥ 0 and momentum in [0, 1)")
+        if not (self.group_lasso >= 0 and math.isfinite(self.group_lasso)):
+            raise ValueError(f"group_lasso must be a finite number ≥ 0, got {self.group_lasso}")
         object.__setattr__(self, "betas", tuple(self.betas))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        # Unused, it is left out: checkpoints written before it existed still resume.
+        if not d["group_lasso"]:
+            del d["group_lasso"]
+        return d
 
 
 def learning_rate(cfg: OptimizerConfig, step: int) -> float:
@@ -93,13 +105,14 @@ def init_state(cfg: OptimizerConfig, params: dict) -> dict:
     """Zero optimizer state: a flat dict of arrays (``"m/A"``, ``"v/A"``, ...)."""
     xp = array_module(params["A"])
     slots = {"sgd": ("m",) if cfg.momentum else (), "adam": ("m", "v")}[cfg.name]
-    return {f"{s}/{k}": xp.zeros_like(params[k]) for s in slots for k in PARAM_NAMES}
+    return {f"{s}/{k}": xp.zeros_like(params[k]) for s in slots for k in param_names(params)}
 
 
 def apply_update(
     cfg: OptimizerConfig, params, grads, state, step: int, masks=None, kappa=None, structure=None
 ):
-    """One optimizer step followed by the masks and the row-ℓ1 projection of ``A``.
+    """One optimizer step followed by the masks, the group-lasso step on the input columns
+    (``cfg.group_lasso``) and the row-ℓ1 projection of ``A``.
 
     Parameters
     ----------
@@ -123,8 +136,9 @@ def apply_update(
     lr = learning_rate(cfg, step)
     masks = masks or {}
     new_p, new_s = {}, {}
-    for k in PARAM_NAMES:
+    for k in param_names(params):  # the six weights, and a gated model's β
         g = grads[k]
+        # Decay the weight matrices only: biases and gates (β, a bias of the gate) are free.
         if cfg.weight_decay and k in MATRICES:
             g = g + cfg.weight_decay * params[k]
         if cfg.name == "adam":
@@ -146,6 +160,10 @@ def apply_update(
         if k in masks:
             p = p * masks[k]
         new_p[k] = p.astype(params[k].dtype, copy=False)
+    if cfg.group_lasso:
+        # The proximal step of λ Σ_j ‖[B; D][:, j]‖₂ (dimplicit.sparsity).  It touches B and D
+        # only and the projection A only, so their order does not matter.
+        new_p["B"], new_p["D"] = group_lasso_prox(new_p["B"], new_p["D"], cfg.group_lasso * lr)
     if kappa is not None:
         new_p["A"] = project_well_posed(new_p["A"], kappa, masks.get("A"), structure)
     new_s = {k: v.astype(state[k].dtype, copy=False) for k, v in new_s.items()}

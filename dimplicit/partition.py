@@ -13,7 +13,7 @@ from dimplicit.backend import array_module, to_host
 from dimplicit.forward import equilibrium, output
 from dimplicit.gradients import BackwardOptions, adjoint, parameter_gradients
 from dimplicit.losses import LOSSES, loss_and_grad
-from dimplicit.model import PARAM_NAMES
+from dimplicit.model import param_names
 from dimplicit.solvers import SolverOptions
 
 
@@ -59,8 +59,8 @@ def partition_sums(model, U, Y, config: StepConfig = StepConfig(), *, want_input
     Yhat = output(model, X, U)
     loss, G_Y = loss_and_grad(config.loss, Yhat, Y)
     G_X = model.structure.C.matmul(G_Y, model.params["C"])
-    V, bstats = adjoint(model, X, G_X, config.backward)
-    grads = parameter_gradients(model, V, X, U, G_Y, want_input_grad)
+    V, bstats, *dX = adjoint(model, X, G_X, config.backward, want_dx=model.gated)  # β needs ∂L/∂X
+    grads = parameter_gradients(model, V, X, U, G_Y, want_input_grad, *dX)
     return {
         "loss": float(loss),
         "count": int(U.shape[0]),
@@ -138,7 +138,8 @@ def mean_gradients(total: dict) -> dict:
     n = total["count"]
     xp = array_module(total["grads"]["A"])
     return {
-        k: total["grads"][k] / xp.asarray(n, dtype=total["grads"][k].dtype) for k in PARAM_NAMES
+        k: total["grads"][k] / xp.asarray(n, dtype=total["grads"][k].dtype)
+        for k in param_names(total["grads"])
     }
 
 

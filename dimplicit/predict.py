@@ -121,7 +121,7 @@ def solve_block(U, model, options: SolverOptions):
     if stats.converged:
         return U, Yhat, np.ones(U.shape[0], dtype=bool)
     P, S = model.params, model.structure
-    fx = model.activation.apply_(S.A.matmul_t(X, P["A"]) + S.B.matmul_t(U, P["B"]) + P["b_x"])
+    fx = model.phi.apply_(S.A.matmul_t(X, P["A"]) + S.B.matmul_t(U, P["B"]) + P["b_x"])
     return U, Yhat, relative_residual(fx, X, np) < options.tol
 
 

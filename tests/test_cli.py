@@ -56,7 +56,7 @@ SHARED = {
     "--method": Spec(None, None, same_help=True),
     "--arch": Spec(None, None),
     "--tol": Spec(float, None),
-    "--solver": Spec(None, None, ("picard", "anderson"), same_help=True),
+    "--solver": Spec(None, None, ("picard", "anderson", "auto"), same_help=True),
     "--dtype": Spec(None, None, ("float32", "float64")),
     "--device": Spec(None, None, ("cpu", "gpu")),
     "--quiet": Spec(flag=True, same_help=True),

@@ -1,13 +1,16 @@
-"""Forward solvers: Picard vs Anderson, non-convergence reporting, bounded memory."""
+"""Fixed-point solvers: Picard vs Anderson (forward and adjoint), convergence-test schedules,
+non-convergence reporting, bounded memory."""
 
 import tracemalloc
 
 import numpy as np
 import pytest
 
+from dimplicit.backend import get_backend, gpu_available, to_host
 from dimplicit.forward import equilibrium
+from dimplicit.gradients import BackwardOptions, adjoint
 from dimplicit.model import dense_model
-from dimplicit.solvers import NonConvergenceError, SolverOptions
+from dimplicit.solvers import CheckSchedule, NonConvergenceError, SolverOptions, picard
 
 
 def slow_model(n=40, p=5, a_norm=0.98, seed=0):
@@ -99,3 +102,186 @@ def test_solver_options_validate():
         SolverOptions("newton")
     with pytest.raises(ValueError, match="tol"):
         SolverOptions(tol=0)
+
+
+# --------------------------------------------------------------- accelerated solves, schedules
+
+needs_gpu = pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
+DEVICES = ["cpu", pytest.param("gpu", marks=[pytest.mark.gpu, needs_gpu])]
+SOLVES = [("picard", "adaptive"), ("anderson", "adaptive"), ("anderson", "fixed")]
+
+
+def well_posed(activation, seed, n=24, p=5):
+    """A random dense model with ‖A‖∞ = 0.9 (a contraction), float64."""
+    return dense_model(p, n, 3, activation=activation, a_norm=0.9, seed=seed, dtype="float64")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("solver,check", SOLVES)
+@pytest.mark.parametrize("activation,seed", [("tanh", 0), ("relu", 1), ("tanh", 2)])
+def test_accelerated_solves_reach_picards_fixed_point(device, solver, check, activation, seed):
+    model = well_posed(activation, seed)
+    U = np.random.default_rng(seed).standard_normal((40, 5))
+    ref, _ = equilibrium(model, U, SolverOptions("picard", tol=1e-13, max_iter=5000, check="fixed"))
+    be = get_backend(device, "float64")
+    x, stats = equilibrium(
+        model.astype(be), be.asarray(U), SolverOptions(solver, tol=1e-9, max_iter=500, check=check)
+    )
+    assert stats.converged and stats.residual_max < 1e-9
+    # Residual 1e-9 of a 0.9-contraction: at most 1e-9 · 0.9 / 0.1 from the fixed point.
+    np.testing.assert_allclose(to_host(x), ref, rtol=0, atol=1e-8 * np.abs(ref).max())
+
+
+def dense_adjoint(model, X, G_X):
+    """V solved per sample by a dense solve: v = s ⊙ (g + v A)  ⇔  (I − A D)ᵀ vᵀ = D gᵀ."""
+    A = model.params["A"]
+    S = model.activation.derivative(X)
+    eye = np.eye(A.shape[0])
+    return np.stack(
+        [np.linalg.solve((eye - A * s[None, :]).T, s * g) for s, g in zip(S, G_X, strict=True)]
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("solver,check", SOLVES)
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_adjoint_solution_matches_a_dense_solve(device, solver, check, activation):
+    model = well_posed(activation, seed=3)
+    rng = np.random.default_rng(3)
+    U, G_X = rng.standard_normal((30, 5)), rng.standard_normal((30, 24))
+    X, _ = equilibrium(model, U, SolverOptions(tol=1e-13, max_iter=5000))
+    want = dense_adjoint(model, X, G_X)
+    be = get_backend(device, "float64")
+    so = SolverOptions(solver, tol=1e-10, max_iter=500, check=check)
+    V, stats = adjoint(model.astype(be), be.asarray(X), be.asarray(G_X), BackwardOptions(solver=so))
+    assert stats.converged
+    np.testing.assert_allclose(to_host(V), want, rtol=0, atol=1e-8 * np.abs(want).max())
+
+
+def test_anderson_needs_fewer_adjoint_iterations_than_picard():
+    """On the (linear) adjoint system Anderson is GMRES-like: it must beat Picard clearly."""
+    model = slow_model()
+    U = np.random.default_rng(0).standard_normal((32, 5))
+    X, _ = equilibrium(model, U, SolverOptions(tol=1e-12, max_iter=5000))
+    G_X = np.random.default_rng(1).standard_normal(X.shape)
+    its = {}
+    for solver in ("picard", "anderson"):
+        so = SolverOptions(solver, tol=1e-8, max_iter=5000)
+        _, st = adjoint(model, X, G_X, BackwardOptions(solver=so))
+        assert st.converged
+        its[solver] = st.iterations
+    assert its["anderson"] * 3 < its["picard"], its
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("solver,check", SOLVES)
+def test_adjoint_non_convergence_is_flagged(device, solver, check):
+    model = well_posed("tanh", seed=4)
+    rng = np.random.default_rng(4)
+    X = np.tanh(rng.standard_normal((10, 24)))
+    G_X = rng.standard_normal((10, 24))
+    be = get_backend(device, "float64")
+    args = model.astype(be), be.asarray(X), be.asarray(G_X)
+    so = SolverOptions(solver, tol=1e-14, max_iter=3, check=check)
+    _, stats = adjoint(*args, BackwardOptions(solver=so))
+    assert not stats.converged and stats.n_unconverged > 0 and stats.iterations == 3
+    assert stats.residual_max >= 1e-14
+    with pytest.raises(NonConvergenceError, match="adjoint"):
+        adjoint(
+            *args, BackwardOptions(solver=SolverOptions(**{**so.to_dict(), "on_failure": "raise"}))
+        )
+
+
+def test_adaptive_schedule_tests_at_the_predicted_iteration():
+    """Geometric residuals r_k = 0.5^k: after two tests it jumps straight to convergence."""
+    tol = 1e-4  # 0.5^14 ≈ 6.1e-5 is the first below tol
+    s = CheckSchedule("adaptive", check_every=100, tol=tol, max_iter=1000)
+    tested = []
+    for k in range(1, 1000):
+        if s.due(k):
+            tested.append(k)
+            if 0.5**k < tol:
+                break
+            s.observe(k, 0.5**k)
+    assert tested == [2, 3, 14]
+
+
+def test_adaptive_schedule_never_waits_longer_than_check_every():
+    s = CheckSchedule("adaptive", check_every=4, tol=1e-12, max_iter=1000)
+    s.observe(2, 0.5)
+    s.observe(3, 0.49)  # almost no progress: the prediction is far away, capped at 4
+    assert not s.due(6) and s.due(7)
+    s = CheckSchedule("fixed", check_every=4, tol=1e-12, max_iter=10)
+    assert [k for k in range(1, 11) if s.due(k) and (s.observe(k, 1.0) or True)] == [4, 8, 10]
+
+
+def test_adaptive_checks_stop_at_the_same_iteration_as_checking_every_iteration():
+    """On a linear contraction x ← 0.6 x + c the rate estimate is exact: no overshoot."""
+
+    def f_(x, out):
+        np.multiply(x, 0.6, out=out)
+        out += 1.0
+        return out
+
+    x0 = np.zeros((4, 3))
+    kw = dict(tol=1e-6, max_iter=200)
+    _, every = picard(f_, x0, check_every=1, check="fixed", **kw)
+    x, adaptive = picard(f_, x0, check_every=8, check="adaptive", **kw)
+    _, fixed = picard(f_, x0, check_every=8, check="fixed", **kw)
+    assert adaptive.converged and adaptive.iterations == every.iterations < fixed.iterations
+    np.testing.assert_allclose(x, 2.5, rtol=1e-5)
+
+
+def test_new_solver_options_validate():
+    with pytest.raises(ValueError, match="check"):
+        SolverOptions(check="sometimes")
+    with pytest.raises(ValueError, match="memory"):
+        SolverOptions("anderson", memory=0)
+
+
+def test_mixing_coefficients_solve_the_constrained_least_squares():
+    """α from the Gram matrix equals the direct constrained least-squares solution."""
+    from dimplicit.solvers.anderson import _mixing_coefficients
+
+    rng = np.random.default_rng(0)
+    Gs = rng.standard_normal((7, 4, 30))  # 7 samples, 4 residuals of length 30
+    gram = np.einsum("bin,bjn->bij", Gs, Gs)
+    alpha, bad = _mixing_coefficients(gram, 2, 0.0, np)
+    assert not bad.any()
+    for g, a in zip(Gs, alpha, strict=True):
+        # min ‖Σ α_j g_j‖ with Σ α = 1, by the bordered KKT system.
+        K = np.block([[g @ g.T, np.ones((4, 1))], [np.ones((1, 4)), np.zeros((1, 1))]])
+        want = np.linalg.solve(K, np.r_[np.zeros(4), 1.0])[:4]
+        np.testing.assert_allclose(a, want, rtol=1e-8, atol=1e-10)
+
+
+def test_auto_solver_picks_by_width():
+    """auto: Picard on narrow states, Anderson (with its fallback counter) on wide ones."""
+    from dimplicit.solvers import AUTO_ANDERSON_MIN_WIDTH, solve
+
+    calls = []
+
+    def f_(x, out):
+        calls.append(x.shape)
+        np.multiply(x, 0.5, out=out)
+        out += 1.0
+        return out
+
+    for n in (8, AUTO_ANDERSON_MIN_WIDTH):
+        x, st = solve(f_, np.zeros((2, n)), SolverOptions("auto", tol=1e-10, check_every=1))
+        assert st.converged
+        np.testing.assert_allclose(x, 2.0, rtol=1e-9)
+    # Anderson solves this linear map exactly in a couple of steps; Picard needs ~35.
+    narrow = sum(1 for c in calls if c[1] == 8)
+    wide = len(calls) - narrow
+    assert narrow > 30 and wide < 6, (narrow, wide)
+
+
+def test_bench_core_splits_wall_time_into_gemm_and_the_rest():
+    from dimplicit.benchmarks.core import bench_core
+
+    out = bench_core(hidden=32, batch=64, inputs=4, outputs=2, steps=1, solver="anderson",
+                     backward_solver="picard", threads=1)  # fmt: skip
+    assert out["backward_solver"] == "picard" and out["check"] == "adaptive"
+    total = out["gemm_seconds_per_step"] + out["other_seconds_per_step"]
+    assert out["gemm_seconds_per_step"] > 0 and total == pytest.approx(out["seconds_per_step"])

@@ -8,7 +8,7 @@ from dimplicit.gradients import BackwardOptions, adjoint
 from dimplicit.model import build_model, dense_model, layered_model
 from dimplicit.solvers import NonConvergenceError, SolverOptions
 
-ARCHS = ["ae-v0:5,32,16", "ae-v1:5,32,16", "ae-v1:7,64,16"]
+ARCHS = ["ae-v0:5,32,16", "ae-v1:5,32,16", "ae-v1:7,64,16", "ae-v2:5,32,16"]
 
 
 def _model(arch, seed=0):
@@ -18,6 +18,8 @@ def _model(arch, seed=0):
     model.params["b_x"] = rng.standard_normal(model.n_hidden) * 0.3
     if "A" in model.masks:
         model.params["A"] = model.params["A"] * (1 + model.masks["A"])
+    if model.gated:  # v2: gates away from 1/2, different per neuron
+        model.params["beta"] = rng.standard_normal(model.n_hidden) * model.masks["beta"]
     return model
 
 

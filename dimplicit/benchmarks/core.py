@@ -4,6 +4,13 @@ Flop count of one training step (docs/design.md §6, conservative — it leaves 
 GEMMs that are not in the iterations, such as ``Vᵀ X``)::
 
     2·b·n²·(k_f + k_b) + 4·b·n·(p + q)
+
+The step's wall time is split into ``gemm_seconds_per_step`` — the (b × n × n) GEMMs it ran
+(``k_f + k_b`` in the solves plus ``Vᵀ X``), each costed at the best time of that GEMM measured
+alone in the same process — and ``other_seconds_per_step``, the rest: activations, residual
+checks, Anderson's mixing, the thin GEMMs with ``p`` and ``q``, the optimizer, Python.  The
+split is an estimate (a GEMM inside the step may run slower than alone), but it is measured the
+same way for every solver, which is what comparing them needs.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import time
 import numpy as np
 
 from dimplicit.backend import blas_threads, get_backend
-from dimplicit.benchmarks.measure import gemm_peak_gflops, peak_rss_mb, step_flops
+from dimplicit.benchmarks.measure import gemm_seconds, peak_rss_mb, step_flops
 from dimplicit.gradients import BackwardOptions
 from dimplicit.model import dense_model
 from dimplicit.optim import OptimizerConfig, apply_update, init_state
@@ -29,6 +36,9 @@ def bench_core(
     outputs=10,
     method="implicit",
     solver="picard",
+    backward_solver=None,
+    check="adaptive",
+    memory=3,
     dtype="float32",
     steps=5,
     tol=1e-4,
@@ -43,6 +53,10 @@ def bench_core(
 
     The first step is a warm-up and is not timed.  ``gemm_peak_gflops`` is measured in the same
     process, same dtype and thread count, on the dominant GEMM shape (b × n × n).
+
+    ``solver`` solves the forward fixed point and, unless ``backward_solver`` names another,
+    the implicit adjoint system; ``check`` and ``memory`` are the
+    :class:`~dimplicit.solvers.SolverOptions` of both.
     """
     be = get_backend(device, dtype, tf32)
     with blas_threads(threads):
@@ -51,8 +65,10 @@ def bench_core(
         dev = model.astype(be)
         U = be.asarray(rng.standard_normal((batch, inputs)))
         Y = be.asarray(rng.standard_normal((batch, outputs)))
-        fwd = SolverOptions(solver=solver, tol=tol, max_iter=max_iter)
-        cfg = StepConfig("mse", fwd, BackwardOptions(method, solver=fwd))
+        common = dict(tol=tol, max_iter=max_iter, check=check, memory=memory)
+        fwd = SolverOptions(solver=solver, **common)
+        bwd = SolverOptions(solver=backward_solver or solver, **common)
+        cfg = StepConfig("mse", fwd, BackwardOptions(method, solver=bwd))
         opt = OptimizerConfig("adam", lr=1e-3)
         state = init_state(opt, dev.params)
         times, kf, kb = [], [], []
@@ -75,8 +91,11 @@ def bench_core(
                 times.append(time.perf_counter() - t0)
                 kf.append(res["stats"]["forward_iters_sum"])
                 kb.append(res["stats"]["backward_iters_sum"])
-        peak = gemm_peak_gflops(batch, hidden, be)
+        t_gemm = gemm_seconds(batch, hidden, be)
+    peak = 2.0 * batch * hidden * hidden / t_gemm / 1e9
     total_t = sum(times)
+    # k_f + k_b GEMMs in the solves and one for ∂L/∂A = Vᵀ X, each as fast as alone.
+    gemm_t = t_gemm * (np.mean(kf) + np.mean(kb) + 1)
     flops = sum(
         step_flops(batch, hidden, inputs, outputs, f, b) for f, b in zip(kf, kb, strict=True)
     )
@@ -92,9 +111,14 @@ def bench_core(
         "outputs": outputs,
         "method": method,
         "solver": solver,
+        "backward_solver": backward_solver or solver,
+        "check": check,
+        "memory": memory,
         "tol": tol,
         "steps": steps,
         "seconds_per_step": total_t / steps,
+        "gemm_seconds_per_step": gemm_t,
+        "other_seconds_per_step": total_t / steps - gemm_t,
         "samples_per_s": batch * steps / total_t,
         "forward_iters": float(np.mean(kf)),
         "backward_iters": float(np.mean(kb)),

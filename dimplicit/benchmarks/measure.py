@@ -16,6 +16,11 @@ def step_flops(b, n, p, q, k_f, k_b) -> float:
 
 def gemm_peak_gflops(b: int, n: int, backend, repeats: int = 5) -> float:
     """Best measured GFLOP/s of a (b × n) @ (n × n) GEMM with this backend's dtype and threads."""
+    return 2.0 * b * n * n / gemm_seconds(b, n, backend, repeats) / 1e9
+
+
+def gemm_seconds(b: int, n: int, backend, repeats: int = 5) -> float:
+    """Best measured time (s) of one (b × n) @ (n × n) GEMM with this backend's dtype/threads."""
     xp = backend.xp
     rng = np.random.default_rng(0)
     X = backend.asarray(rng.standard_normal((b, n)))
@@ -29,7 +34,7 @@ def gemm_peak_gflops(b: int, n: int, backend, repeats: int = 5) -> float:
         xp.matmul(X, W.T, out=out)
         backend.synchronize()
         best = min(best, time.perf_counter() - t0)
-    return 2.0 * b * n * n / best / 1e9
+    return best
 
 
 def peak_rss_mb() -> float:

@@ -9,7 +9,7 @@ from pathlib import Path
 from dimplicit.commands._types import kappa, positive_int, seed, split_fractions
 from dimplicit.gradients import BackwardOptions
 from dimplicit.model import ARCHS
-from dimplicit.solvers import SolverOptions
+from dimplicit.solvers import AUTO_ANDERSON_MIN_WIDTH, SOLVERS, SolverOptions
 
 # The help of flags that mean the same thing in several commands: one text each.
 METHOD_HELP = "gradient method: implicit, neumann, jfb, phantom-K"
@@ -56,12 +56,13 @@ def add_batch_size_argument(parser, default: int):
 
 
 def add_solver_argument(parser):
-    """``--solver {picard,anderson}``."""
+    """``--solver {picard,anderson,auto}`` (default ``auto``, as ``SolverOptions``)."""
     parser.add_argument(
         "--solver",
-        choices=["picard", "anderson"],
-        default="picard",
-        help="forward (and implicit-backward) solver",
+        choices=list(SOLVERS),
+        default="auto",
+        help="forward (and implicit-backward) solver; auto: Anderson on states at least "
+        f"{AUTO_ANDERSON_MIN_WIDTH} wide, Picard below",
     )
 
 

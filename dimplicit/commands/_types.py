@@ -30,6 +30,17 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "a non-negative integer")
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number of at least 0 (penalties where 0 means "none")."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return value
+
+
 def seed(text: str) -> int:
     """argparse type of ``--seed``: a non-negative integer."""
     return non_negative_int(text)

@@ -16,6 +16,7 @@ from dimplicit.commands._options import (
     add_tol_argument,
 )
 from dimplicit.commands._types import positive_int
+from dimplicit.solvers import SOLVERS
 
 
 def _add_model_arguments(parser, hidden: int):
@@ -60,6 +61,22 @@ def add_parser(sub):
     c.add_argument("--batch", type=positive_int, dest="batch_size", help=argparse.SUPPRESS)
     add_solver_argument(c)
     c.add_argument(
+        "--backward-solver",
+        choices=list(SOLVERS),
+        default=None,
+        help="solver of the implicit adjoint system (default: the same as --solver)",
+    )
+    c.add_argument(
+        "--check",
+        choices=["adaptive", "fixed"],
+        default="adaptive",
+        help="when the solvers test convergence: at the predicted iteration, at most 4 apart "
+        "(adaptive), or every 4 iterations (fixed)",
+    )
+    c.add_argument(
+        "--memory", type=positive_int, default=3, metavar="M", help="Anderson's memory m"
+    )
+    c.add_argument(
         "--steps", type=positive_int, default=5, metavar="N", help="timed steps after one warm-up"
     )
     add_tol_argument(c)
@@ -78,10 +95,11 @@ def add_parser(sub):
 
     d = bsub.add_parser(
         "distributed",
-        help="samples/s with 1 and 2 Dask workers, speedup and scheduler overhead",
+        help="samples/s with 1 and 2 Dask workers, speedup, overhead and bytes per step",
         description="Train the same model on the same Zarr data on local clusters of each of "
-        "--worker-counts single-threaded workers (1 and 2 by default) and print samples/s, "
-        "speedup and the per-step overhead fraction.",
+        "--worker-counts single-threaded workers (1 and 2 by default), --repeats times each, "
+        "interleaved, and print the medians of samples/s, speedup, the per-step overhead "
+        "fraction, tasks, coordinator CPU and bytes every worker sent and received.",
     )
     _add_model_arguments(d, hidden=512)
     d.add_argument(
@@ -103,6 +121,13 @@ def add_parser(sub):
         help="comma-separated worker counts, one run with a local cluster of each (default: 1,2)",
     )
     d.add_argument("--workers", type=_counts, dest="worker_counts", help=argparse.SUPPRESS)
+    d.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=3,
+        metavar="N",
+        help="timed runs per worker count, interleaved; medians are reported (default: 3)",
+    )
     d.set_defaults(func=run_distributed)
 
     s = bsub.add_parser(
@@ -140,6 +165,9 @@ def run_core(args) -> int:
         outputs=args.outputs,
         method=args.method,
         solver=args.solver,
+        backward_solver=args.backward_solver,
+        check=args.check,
+        memory=args.memory,
         dtype=args.dtype,
         steps=args.steps,
         tol=args.tol,
@@ -165,6 +193,7 @@ def run_distributed(args) -> int:
         method=args.method,
         dtype=args.dtype,
         workers=args.worker_counts,
+        repeats=args.repeats,
     )
     print(json.dumps(out))
     return 0

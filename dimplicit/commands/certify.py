@@ -90,7 +90,7 @@ def certify_report(model, data, rows: int, eps: float, top: int) -> dict:
         idx = np.argsort(-M[i], kind="stable")[:top]
         per_output[str(oname)] = {str(names[j]): float(M[i, j]) for j in idx}
     out = {"task": task,
-           "a_inf_norm": norm, "bound_max": float(M.max()),
+           "rho_bound": norm, "bound_max": float(M.max()),
            "bound_row_sums_max": float(M.sum(axis=1).max()),
            "top_per_output": per_output}  # fmt: skip
     if data is None:

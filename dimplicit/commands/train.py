@@ -17,7 +17,7 @@ from dimplicit.commands._options import (
     new_run_dir,
     solver_options,
 )
-from dimplicit.commands._types import non_negative_int, positive_int
+from dimplicit.commands._types import non_negative_float, non_negative_int, positive_int
 
 LOSS_OF_TASK = {"classify": "cross_entropy", "regress": "mse", "autoencode": "mse"}
 
@@ -30,7 +30,8 @@ examples:
 
 The summary on stdout is one JSON object: steps, final_loss, val_loss, samples_per_s,
 weights_sha256 (SHA-256 over the bytes of A, B, C, D, b_x, b_y in that order, C-contiguous),
-checkpoint and model paths.  Progress goes to stderr.
+checkpoint and model paths; with --group-lasso also "features": the input features kept
+(non-zero column of [B; D]) and every column norm.  Progress goes to stderr.
 """
 
 
@@ -144,6 +145,15 @@ def add_parser(sub):
     o.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")
     o.add_argument("--weight-decay", type=float, default=0.0, help="L2 on weight matrices")
     o.add_argument(
+        "--group-lasso",
+        type=non_negative_float,
+        default=0.0,
+        metavar="LAMBDA",
+        help="feature selection: penalty LAMBDA·Σ_j ‖[B; D][:, j]‖₂ on the input columns, "
+        "applied as a proximal step after every update; the summary then lists the features "
+        "kept (default: 0, none)",
+    )
+    o.add_argument(
         "--schedule",
         choices=["constant", "cosine"],
         default="constant",
@@ -240,6 +250,7 @@ def run(args) -> int:
         momentum=args.momentum,
         nesterov=args.nesterov,
         weight_decay=args.weight_decay,
+        group_lasso=args.group_lasso,
         schedule=args.schedule,
         warmup_steps=args.warmup_steps,
     )
@@ -256,6 +267,10 @@ def run(args) -> int:
             with connect_from_args(args) as client:
                 trainer.fit(client)
         summary = trainer.summary_
+        if args.group_lasso:
+            from dimplicit.sparsity import feature_report
+
+            summary["features"] = feature_report(trainer.model_, store.feature_names)
         if args.task == "autoencode":
             from dimplicit.anomaly.score import calibrate_model
 

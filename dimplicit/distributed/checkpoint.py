@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dimplicit.model import PARAM_NAMES, load_npz, save_npz_atomic
+from dimplicit.model import GATE, PARAM_NAMES, load_npz, param_names, save_npz_atomic
 
 PATTERN = re.compile(r"^ckpt-(\d{8})\.npz$")
 KEEP = 3
@@ -37,9 +37,9 @@ def save_checkpoint(
     ``best``: the weights of the best evaluation so far (model selection), saved beside the
     current ones so that a resumed run still restores them at the end.
     """
-    arrays = {f"param/{k}": np.asarray(params[k]) for k in PARAM_NAMES}
+    arrays = {f"param/{k}": np.asarray(params[k]) for k in param_names(params)}
     if best is not None:
-        arrays.update({f"best/{k}": np.asarray(best[k]) for k in PARAM_NAMES})
+        arrays.update({f"best/{k}": np.asarray(best[k]) for k in param_names(best)})
     arrays.update({f"opt/{k}": np.asarray(v) for k, v in state.items()})
     if order is not None:
         arrays["data_order"] = np.asarray(order, dtype=np.int64)
@@ -88,8 +88,10 @@ def load_checkpoint(path) -> dict:
             and (sel.get("key") is None or isinstance(sel["key"], list))
         ):
             raise ValueError("header field 'selection' is malformed")
-        params = {k: arrays[f"param/{k}"] for k in PARAM_NAMES}
-        best = {k: arrays[f"best/{k}"] for k in PARAM_NAMES} if "best/A" in arrays else None
+        # A gated model's β is saved beside the six weights (dimplicit.model.param_names).
+        names = (*PARAM_NAMES, GATE) if f"param/{GATE}" in arrays else PARAM_NAMES
+        params = {k: arrays[f"param/{k}"] for k in names}
+        best = {k: arrays[f"best/{k}"] for k in names} if "best/A" in arrays else None
         state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
     except (KeyError, ValueError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: malformed checkpoint ({exc})") from None

@@ -34,7 +34,12 @@ SELECT_METRICS = {
     "val_r2": True,
     "val_f1": True,
     "val_auc": True,
+    "val_f1_grid": True,
+    "val_f1_exact": True,
 }
+# Selection rules computed from the validation rows' own scores (not histograms); each also
+# fixes the calibration (z-score mean, std, threshold) kept with the best weights.
+EXACT_RULES = ("val_f1_grid", "val_f1_exact")
 MAX_SKIPPED_IN_A_ROW = 10
 MAX_REPLAYS = 3
 
@@ -59,6 +64,7 @@ class Loop:
         self.start = self.step = 0
         self.best_value, self.best_step, self.best_params, self.bad_evals = None, None, None, 0
         self.best_key = None
+        self.best_calibration = None
         self.val_loss = self.best_val_loss = None
         self.stopped_early = False
         self.skipped = self.skipped_in_a_row = 0
@@ -92,6 +98,10 @@ class Loop:
         self.bad_evals = int(sel.get("bad_evals", 0))
         if sel.get("key") is not None:
             self.best_key = tuple(sel["key"])
+        if sel.get("calibration") is not None:
+            from dimplicit.anomaly.metrics import Calibration
+
+            self.best_calibration = Calibration(**sel["calibration"])
         self.best_params = ck["best"]
         self.last_checkpoint = path
         return ck["params"], ck["state"]
@@ -139,7 +149,12 @@ class Loop:
         done = self.step
         last = done == self.total_steps
         end_of_epoch = done % plan.steps_per_epoch == 0
-        eval_due = t.eval_every is not None and done % t.eval_every == 0
+        # eval_at_epoch_end: count eval_every within the epoch, as a per-epoch loop does,
+        # and evaluate at every epoch's end too.
+        counted = done - epoch * plan.steps_per_epoch if t.eval_at_epoch_end else done
+        eval_due = (t.eval_every is not None and counted % t.eval_every == 0) or (
+            t.eval_at_epoch_end and end_of_epoch
+        )
         if any(self.run_.counts["validation"]) and (
             eval_due or last or (t.eval_every is None and end_of_epoch)
         ):
@@ -216,6 +231,14 @@ class Loop:
             from dimplicit.anomaly.metrics import metrics_from_histograms
 
             rec |= metrics_from_histograms(ev["hist_normal"], ev["hist_anomalous"])
+        calibration = None
+        if self.metric in EXACT_RULES and rec.get("val_f1") is not None:
+            from dimplicit.anomaly import metrics as am
+
+            rule = am.grid_calibrate if self.metric == "val_f1_grid" else am.calibrate
+            calibration = rule(ev["scores"], ~ev["normal"])
+            rec[self.metric], rec["val_auc"] = calibration.val_f1, calibration.val_auc
+            rec["calibration"] = calibration.to_dict()
         rec["val_unconverged"] = ev["unconverged"]
         self.val_loss = rec["val_loss"]
         if self.best_val_loss is None or self.val_loss < self.best_val_loss:
@@ -224,11 +247,13 @@ class Loop:
             value = rec.get(self.metric)
             # Ties (an accuracy that saturates on a small validation set) are broken by the
             # validation loss, so the weights keep improving after the first perfect score.
-            key = None if value is None else _selection_key(self.metric, value, self.val_loss)
+            # The exact rules keep the first checkpoint of the best F1 (strict improvements).
+            tie = 0.0 if self.metric in EXACT_RULES else self.val_loss
+            key = None if value is None else _selection_key(self.metric, value, tie)
             improved = key is not None and (self.best_key is None or key < self.best_key)
             if improved:
                 self.best_value, self.best_step, self.bad_evals = value, self.step, 0
-                self.best_key = key
+                self.best_key, self.best_calibration = key, calibration
                 self.best_params = {k: np.array(v) for k, v in self._sync()[0].items()}
             else:
                 self.bad_evals += 1
@@ -249,7 +274,7 @@ class Loop:
         return params, state
 
     _SELECTION = ("best_value", "best_step", "best_key", "best_params", "bad_evals",
-                  "stopped_early", "val_loss", "best_val_loss")  # fmt: skip
+                  "stopped_early", "val_loss", "best_val_loss", "best_calibration")  # fmt: skip
 
     def _snapshot(self):
         """The selection state as of the synced step (what a replay starts from)."""
@@ -265,6 +290,9 @@ class Loop:
                 "step": self.best_step,
                 "bad_evals": self.bad_evals,
                 "key": self.best_key,
+                "calibration": None
+                if self.best_calibration is None
+                else self.best_calibration.to_dict(),
             },
             "seed": self.t.seed,
             "rng": "numpy default_rng([seed, epoch(, chunk)])",
@@ -319,7 +347,10 @@ class Loop:
     def best(self):
         if self.metric is None or self.best_value is None:
             return None
-        return {"metric": self.metric, "value": self.best_value, "step": self.best_step}
+        out = {"metric": self.metric, "value": self.best_value, "step": self.best_step}
+        if self.best_calibration is not None:
+            out["calibration"] = self.best_calibration.to_dict()
+        return out
 
 
 def _selection_key(metric: str, value: float, val_loss: float) -> tuple:

@@ -1,14 +1,26 @@
 """The Dask executor: each step of the plan as a graph of futures on a cluster (docs/design.md §4).
 
-Per step::
+Per step, with the step's blocks in store order and every worker holding a contiguous range
+of the chunks (:meth:`Plan.chunk_slots`), so that each worker's blocks form one run::
 
-    block tasks (one per row-block of the step)  ──►  fixed-order tree of `combine` tasks
-        ──►  `update` task (optimizer + projection)  ──►  new weights, kept as a future
+    weights ──► binomial broadcast tree of copies (one per worker with blocks this step,
+            and one on the update's worker that the tree starts from)
+        ──► one `group_sums` task per worker: its blocks' sums, reduced to the maximal
+            sub-trees of the fixed reduction tree inside its run
+        ──► `finish_step` task: completes the tree, optimizer + projection
+        ──► new weights (kept as a future), optimizer state, the step's summary
+
+At most ``2W + 4`` tasks per step on ``W`` workers, whatever the number of blocks; no worker
+sends more than ``ceil(log2 W)`` copies of the weights plus its run's partial sums (one
+gradient-sized array per maximal sub-tree, usually one).  The additions are those of
+:func:`~dimplicit.partition.tree_reduce` in its order (:mod:`.reduce`), so the weights are
+bitwise those of the in-process executor and of any number of workers.  Tasks are pinned to
+their worker with ``allow_other_workers``: a dead worker's share runs elsewhere.
 
 The client only *submits*; :meth:`DaskExecutor.results` fetches the small per-step summaries
 one step behind, so the cluster is never idle waiting for it.  :meth:`DaskExecutor.weights`
-gathers the weights and broadcasts them back to every worker: this bounds the lineage Dask
-would replay after losing a worker (the trainer calls it every ``sync_every`` steps).
+gathers the weights and places them back: this bounds the lineage Dask would replay after
+losing a worker (the trainer calls it every ``sync_every`` steps).
 """
 
 from __future__ import annotations
@@ -17,7 +29,8 @@ import operator
 import uuid
 
 from dimplicit.distributed import tasks
-from dimplicit.partition import combine, tree_reduce
+from dimplicit.distributed.reduce import broadcast_parents, finish_step, group_sums, runs_of
+from dimplicit.partition import tree_reduce
 
 
 class DaskExecutor:
@@ -39,16 +52,33 @@ class DaskExecutor:
         self.run = run
         self.persist = persist
         self.key = uuid.uuid4().hex[:8]
-        self.template = _broadcast(client, run.template)
+        # Placement only (never the arithmetic): the workers present now, in a fixed order;
+        # chunk c lives on slot chunk_slots[c].  Workers that join later get no share.
+        self.workers = worker_addresses(client)
+        self.slots = run.plan.chunk_slots(max(len(self.workers), 1))
+        # A copy of the template on every worker, under its own key there: a replica that
+        # a worker merely fetched may be dropped by Dask's memory manager between steps and
+        # fetched again in the next one.  Slot 0 keeps the original (see _spread).
+        template = _broadcast(client, run.template, self._where(0))
+        self.template = self._spread(template, range(len(self.workers)), "template")
+        self.template[0] = template
         self.chunks = {
             split: self._persist_chunks(counts, split) for split, counts in run.counts.items()
         }
         self.pending = []  # (step, epoch, summary future), oldest first
         self.params_f = self.state_f = None
-        # Every weight future since the last sync stays referenced by the client: scattered
-        # data has no recipe, so if the client let go of it, a worker lost later could not be
-        # rebuilt from it and Dask would cancel the whole step chain.
+        # Every weight future since the last sync stays referenced by the client, so a
+        # worker lost later can be rebuilt from the recipes (see _broadcast).
         self.lineage = []
+
+    def _where(self, slot) -> dict:
+        """Pin a task to a slot's worker, loosely: if that worker is gone, any other."""
+        if not self.workers:
+            return {}
+        return {"workers": [self.workers[slot]], "allow_other_workers": True}
+
+    def _slot(self, chunk) -> int:
+        return self.slots[chunk] if chunk < len(self.slots) else 0
 
     # ------------------------------------------------------------------ data
 
@@ -57,7 +87,12 @@ class DaskExecutor:
             return {}
         return {
             c: self.client.submit(
-                tasks.load_chunk, self.run.data, c, split, key=f"chunk-{split}-{c}-{self.key}"
+                tasks.load_chunk,
+                self.run.data,
+                c,
+                split,
+                key=f"chunk-{split}-{c}-{self.key}",
+                **self._where(self._slot(c)),
             )
             for c, n in enumerate(counts)
             if n > 0
@@ -65,10 +100,12 @@ class DaskExecutor:
 
     def _chunk(self, c, split):
         # Persisted: the chunk future (data stays on its worker).  Streaming: a load task
-        # that the block task depends on, re-reading Zarr every time.
+        # that the caller depends on, re-reading Zarr every time.
         if c in self.chunks[split]:
             return self.chunks[split][c]
-        return self.client.submit(tasks.load_chunk, self.run.data, c, split, pure=False)
+        return self.client.submit(
+            tasks.load_chunk, self.run.data, c, split, pure=False, **self._where(self._slot(c))
+        )
 
     def _reduce(self, futures, fn, tag):
         def pair(a, b, depth, i):
@@ -76,35 +113,64 @@ class DaskExecutor:
 
         return tree_reduce(futures, pair)
 
+    def _spread(self, root, slots, tag) -> dict:
+        """Copies of ``root`` (a future on slot 0) on ``slots``' workers: slot → future.
+
+        A binomial broadcast tree: every copy is a task (a recipe, so a lost copy is
+        recomputed) that fetches from a worker that already has one, so no worker sends more
+        than ``ceil(log2 len(slots))`` copies.  The tree starts from a copy made on slot 0,
+        so that ``root`` itself never leaves slot 0: Dask's memory manager keeps one replica
+        of a key, and the one it dropped was often slot 0's (where the next update needs
+        the weights), which then travelled back.
+        """
+        members = [0] + sorted(set(slots) - {0})
+        if len(members) == 1:
+            return {0: root}
+        copies = {0: self.client.submit(_same, root, key=f"{tag}-0-{self.key}", **self._where(0))}
+        for j, parent in enumerate(broadcast_parents(len(members))):
+            if parent is not None:
+                copies[members[j]] = self.client.submit(
+                    _same, copies[members[parent]], key=f"{tag}-{members[j]}-{self.key}",
+                    **self._where(members[j]),
+                )  # fmt: skip
+        return copies
+
     # ------------------------------------------------------------------ the step
 
     def start(self, params, state) -> None:
-        """Place the weights and optimizer state on every worker."""
-        self.params_f = _broadcast(self.client, params)
-        self.state_f = _broadcast(self.client, state)
+        """Place the weights and optimizer state on the update's worker (slot 0)."""
+        self.params_f = _broadcast(self.client, params, self._where(0))
+        self.state_f = _broadcast(self.client, state, self._where(0))
         self.lineage = [self.params_f, self.state_f]
         self.pending = []
 
     def submit(self, step: int, epoch: int, blocks) -> None:
-        """Submit step ``step``'s block tasks, reduction and update; return at once."""
-        r, c, k = self.run, self.client, self.key
-        sums = [
-            c.submit(
-                tasks.block_sums, self.params_f, self.template, self._chunk(chunk, "train"),
-                *r.block_args(epoch, chunk, j), key=f"block-{step}-{i}-{k}",
-            )  # fmt: skip
-            for i, (chunk, j) in enumerate(blocks)
-        ]
-        total_f = self._reduce(sums, combine, f"reduce-{step}")
+        """Submit step ``step``'s tasks (module docstring); return at once."""
+        r, c, k, n = self.run, self.client, self.key, len(blocks)
+        runs = runs_of([self._slot(chunk) for chunk, _ in blocks])
+        copies = self._spread(self.params_f, [slot for slot, _, _ in runs], f"weights-{step}")
+        copies[0] = self.params_f  # slot 0 computes with the update's own output
+        parts = []
+        for slot, a, b in runs:
+            mine = blocks[a:b]
+            if self.persist:
+                data, spec = [self._chunk(chunk, "train") for chunk, _ in mine], None
+            else:  # streaming: the group task reads its chunks itself (no extra tasks)
+                data, spec = [chunk for chunk, _ in mine], r.data
+            parts.append(c.submit(
+                group_sums, copies[slot], self.template[slot], data,
+                [r.block_args(epoch, chunk, j) for chunk, j in mine], a, n, spec,
+                key=f"group-{step}-{a}-{k}", **self._where(slot),
+            ))  # fmt: skip
         out_f = c.submit(
-            tasks.update, self.params_f, self.state_f, total_f, step, r.optimizer,
-            self.template, key=f"update-{step}-{k}",
+            finish_step, self.params_f, self.state_f, parts, n, step, r.optimizer,
+            self.template[0], key=f"update-{step}-{k}", **self._where(0),
         )  # fmt: skip
-        self.params_f = c.submit(operator.getitem, out_f, 0, key=f"params-{step}-{k}")
-        self.state_f = c.submit(operator.getitem, out_f, 1, key=f"state-{step}-{k}")
-        finite_f = c.submit(operator.getitem, out_f, 2, key=f"finite-{step}-{k}")
+        self.params_f, self.state_f, summary = (
+            c.submit(operator.getitem, out_f, i, key=f"{name}-{step}-{k}", **self._where(0))
+            for i, name in enumerate(("params", "state", "summary"))
+        )
         self.lineage += [self.params_f, self.state_f]
-        summary = c.submit(tasks.step_summary, total_f, finite_f, key=f"summary-{step}-{k}")
         self.pending.append((step, epoch, summary))
 
     def results(self, keep: int = 0):
@@ -114,30 +180,38 @@ class DaskExecutor:
             yield step, epoch, fut.result()
 
     def weights(self):
-        """Gather ``(params, state)`` to the client and broadcast them back (cuts lineage)."""
+        """Gather ``(params, state)`` to the client and place them back (cuts lineage)."""
         p, s = self.client.gather([self.params_f, self.state_f])
         self.start(p, s)
         return p, s
 
     def evaluate(self) -> dict:
         """Validation sums with the current weights, reduced on the cluster."""
-        r = self.run
+        r, tag = self.run, uuid.uuid4().hex[:8]
+        chunks = [c for c, n in enumerate(r.counts["validation"]) if n > 0]
+        slots = [self._slot(c) for c in chunks]
+        copies = self._spread(self.params_f, slots, f"evalweights-{tag}")
+        copies[0] = self.params_f
         evals = [
             self.client.submit(
-                tasks.eval_sums, self.params_f, self.template, self._chunk(c, "validation"),
-                *r.eval_args(), key=f"eval-{c}-{uuid.uuid4().hex[:8]}",
+                tasks.eval_sums,
+                copies[self._slot(c)],
+                self.template[self._slot(c)],
+                self._chunk(c, "validation"),
+                *r.eval_args(),
+                key=f"eval-{c}-{tag}",
+                **self._where(self._slot(c)),
             )  # fmt: skip
-            for c, n in enumerate(r.counts["validation"])
-            if n > 0
+            for c in chunks
         ]
-        return self._reduce(evals, tasks.add_eval, f"evalsum-{uuid.uuid4().hex[:6]}").result()
+        return self._reduce(evals, tasks.add_eval, f"evalsum-{tag}").result()
 
     def close(self) -> None:
         """Release the persisted chunks and everything this run still holds on the cluster."""
         for futs in self.chunks.values():
             for f in futs.values():
                 f.release()
-        self.pending, self.lineage = [], []
+        self.pending, self.lineage, self.template = [], [], {}
         self.params_f = self.state_f = None
 
     def info(self) -> dict:
@@ -153,14 +227,24 @@ def should_persist(client, run) -> bool:
     return memory == 0 or need < 0.5 * memory
 
 
-def _broadcast(client, obj):
+def worker_addresses(client) -> list[str]:
+    """Addresses of the cluster's workers now, sorted (a fixed order for placement)."""
+    try:
+        info = client.scheduler_info(n_workers=-1)  # all workers, not just the first few
+    except TypeError:  # distributed < 2025
+        info = client.scheduler_info()
+    return sorted(info.get("workers", {}))
+
+
+def _broadcast(client, obj, where=None):
     """Place ``obj`` on the cluster as ONE future that Dask can always rebuild.
 
     The object travels inside the task that returns it, so the scheduler holds a recipe for
     it: if every worker holding a copy dies, it is recomputed from the recipe.  Scattered data
     has no recipe, and Dask's memory manager trims broadcast replicas down to one copy, so
     losing that one worker made every later step unrecoverable ("already forgotten").  A
-    fresh unique key per call: reusing keys would silently keep old weights.
+    fresh unique key per call: reusing keys would silently keep old weights.  ``where``:
+    placement keywords of ``client.submit`` (``workers``, ``allow_other_workers``).
     """
     import warnings
 
@@ -169,7 +253,9 @@ def _broadcast(client, obj):
         # travel once per sync either way.
         warnings.filterwarnings("ignore", message=".*Large object.*")
         warnings.filterwarnings("ignore", message=".*large graph.*")
-        return client.submit(_same, obj, key=f"weights-{uuid.uuid4().hex}", pure=False)
+        return client.submit(
+            _same, obj, key=f"weights-{uuid.uuid4().hex}", pure=False, **(where or {})
+        )
 
 
 def _same(obj):

@@ -9,6 +9,8 @@ no scheduler cost per step, which is what small data sets need.
 
 from __future__ import annotations
 
+import time
+
 from dimplicit.distributed import tasks
 from dimplicit.partition import tree_reduce
 
@@ -51,11 +53,15 @@ class LocalExecutor:
             )  # fmt: skip
             for chunk, j in blocks
         ]
+        t0 = time.perf_counter()
         total = tree_reduce(sums)
         self.params, self.state, finite = tasks.update(
             self.params, self.state, total, step, r.optimizer, self.template
         )
-        self.pending.append((step, epoch, tasks.step_summary(total, finite)))
+        summary = tasks.step_summary(total, finite)
+        # As the Dask executor's `finish_step` reports it.
+        summary["update_seconds"] = time.perf_counter() - t0
+        self.pending.append((step, epoch, summary))
 
     def results(self, keep: int = 0):
         while len(self.pending) > keep:

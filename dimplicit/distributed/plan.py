@@ -68,9 +68,30 @@ class Plan:
         return cached[1]
 
     def step_blocks(self, step: int) -> tuple[int, list[tuple[int, int]]]:
-        """``(epoch, blocks)`` of global step ``step`` (0-based)."""
+        """``(epoch, blocks)`` of global step ``step`` (0-based).
+
+        The epoch's permutation decides *which* blocks a step takes; the step lists them in
+        store order.  The reduction tree follows this list, so in store order every worker's
+        blocks (it holds a contiguous range of chunks) form one contiguous run of it, whose
+        sub-trees that worker reduces by itself (:mod:`dimplicit.distributed.reduce`).
+        """
         epoch, k = divmod(step, self.steps_per_epoch)
         order = self.epoch_order(epoch)
-        sel = order[k * self.blocks_per_step : (k + 1) * self.blocks_per_step]
+        sel = np.sort(order[k * self.blocks_per_step : (k + 1) * self.blocks_per_step])
         blocks = self.blocks
         return epoch, [blocks[i] for i in sel]
+
+    def chunk_slots(self, n_slots: int) -> list[int]:
+        """Which of ``n_slots`` workers holds each chunk: contiguous ranges, balanced by blocks.
+
+        Chunk ``c`` goes to the slot of its middle block, ``⌊(blocks before c + half of its
+        own) · n_slots / blocks⌋``, so slots own contiguous, nearly equal shares of the blocks
+        (a chunk apart at most) and a step's store-ordered block list splits into at most
+        ``n_slots`` runs.  Only placement: the weights never depend on it.
+        """
+        per_chunk = [math.ceil(n / self.block_rows) for n in self.chunk_counts]
+        total, before, slots = max(sum(per_chunk), 1), 0, []
+        for nb in per_chunk:
+            slots.append(min((2 * before + nb) * n_slots // (2 * total), n_slots - 1))
+            before += nb
+        return slots

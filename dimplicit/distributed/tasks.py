@@ -133,7 +133,9 @@ def eval_sums(params, template, data, config, device, dtype):
     (classification), ``sse``, ``y_sum``, ``y_sq_sum`` (R² of regression targets), and for
     an autoencoder whose validation rows carry normal/anomaly labels (``Y`` boolean: normal),
     histograms of the rows' reconstruction RMSE, normal and anomalous apart
-    (:func:`dimplicit.anomaly.metrics.metrics_from_histograms`).
+    (:func:`dimplicit.anomaly.metrics.metrics_from_histograms`), and the rows' RMSE itself
+    (``scores``, float64, with ``normal`` beside it) for the exact selection rules
+    (``val_f1_grid``, ``val_f1_exact``): 9 bytes a validation row travel to the client.
     """
     from dimplicit.anomaly.metrics import score_histogram
     from dimplicit.forward import predict
@@ -143,6 +145,7 @@ def eval_sums(params, template, data, config, device, dtype):
     out = {"loss": 0.0, "count": 0, "unconverged": 0, "correct": 0}
     out |= {"sse": 0.0, "y_sum": 0.0, "y_sq_sum": 0.0}
     out |= {"hist_normal": score_histogram([]), "hist_anomalous": score_histogram([])}
+    out |= {"scores": np.zeros(0), "normal": np.zeros(0, dtype=bool)}
     if U.shape[0] == 0:
         return out
     be = get_backend(device, dtype)
@@ -153,6 +156,7 @@ def eval_sums(params, template, data, config, device, dtype):
         normal = to_host(Y)
         out["hist_normal"] = score_histogram(raw[normal])
         out["hist_anomalous"] = score_histogram(raw[~normal])
+        out["scores"], out["normal"] = np.asarray(raw, dtype=np.float64), np.asarray(normal)
         if not normal.any():
             return out | {"unconverged": stats.n_unconverged}
         Yhat, U, Y = Yhat[Y], U[Y], U[Y]
@@ -167,9 +171,13 @@ def eval_sums(params, template, data, config, device, dtype):
     return out
 
 
+# Per-row arrays of eval_sums: merged by concatenation (in chunk order), not added.
+ROW_KEYS = ("scores", "normal")
+
+
 def add_eval(a, b):
-    """Merge two chunks' validation sums (counts, sums and histograms add)."""
-    return {k: a[k] + b[k] for k in a}
+    """Merge two chunks' validation sums (counts, sums and histograms add; rows concatenate)."""
+    return {k: np.concatenate([a[k], b[k]]) if k in ROW_KEYS else a[k] + b[k] for k in a}
 
 
 @_quiet_float_errors

@@ -30,7 +30,7 @@ from dimplicit.distributed.checkpoint import (
 from dimplicit.distributed.driver import SELECT_METRICS, DivergenceError, Loop
 from dimplicit.distributed.plan import Plan
 from dimplicit.distributed.spec import TrainingRun
-from dimplicit.model import weights_sha256
+from dimplicit.model import param_names, weights_sha256
 from dimplicit.optim import OptimizerConfig
 from dimplicit.partition import StepConfig
 
@@ -93,8 +93,19 @@ class Trainer:
     eval_every : int, optional
         Steps between evaluations of the validation split (default: at the end of every
         epoch).  Evaluations also happen at the last step.
-    select_best : {"val_loss", "val_accuracy", "val_r2"}, optional
-        Keep the weights of the best evaluation and restore them at the end.
+    eval_at_epoch_end : bool
+        With ``eval_every``: count its steps within each epoch (restarting at every epoch,
+        as a per-epoch loop does) and evaluate at the end of every epoch too — the
+        "every 11 mini-batches and at each epoch's end" rule of Szekeres & Izsák (2024).
+    select_best : {"val_loss", "val_accuracy", "val_r2", "val_f1", "val_auc", \
+"val_f1_grid", "val_f1_exact"}, optional
+        Keep the weights of the best evaluation and restore them at the end.  ``val_f1`` and
+        ``val_auc`` (autoencoders) come from score histograms; ``val_f1_grid`` is the
+        published rule (:func:`~dimplicit.anomaly.metrics.grid_calibrate`: z-scores, the
+        best F1 on the grid θ ∈ [−4, 4]) and ``val_f1_exact`` the best F1 over every
+        threshold (:func:`~dimplicit.anomaly.metrics.calibrate`), both on the validation
+        rows' own scores; their best checkpoint keeps its calibration in ``best_``.
+        Ties keep the earlier checkpoint for these two, else are broken by the loss.
     on_divergence : {"stop", "skip-step"}
         A step whose loss, gradients or new weights are not finite is never applied;
         ``stop`` raises :class:`DivergenceError`, ``skip-step`` goes on with the next step
@@ -112,7 +123,8 @@ class Trainer:
     evaluations_ : list of dict
         Per-evaluation records.
     best_ : dict or None
-        ``{"metric", "value", "step"}`` of the best evaluation.
+        ``{"metric", "value", "step"}`` of the best evaluation (and ``"calibration"``, a
+        :class:`~dimplicit.anomaly.metrics.Calibration` as a dict, for the exact rules).
     summary_ : dict
         The run summary (what ``dimplicit train`` prints).
     """
@@ -140,6 +152,7 @@ class Trainer:
         callback=None,
         epoch_callback=None,
         eval_every: int | None = None,
+        eval_at_epoch_end: bool = False,
         select_best: str | None = None,
         on_divergence: str = "stop",
         executor: str = "auto",
@@ -164,6 +177,7 @@ class Trainer:
         self.callback = callback
         self.epoch_callback = epoch_callback
         self.eval_every = eval_every
+        self.eval_at_epoch_end = eval_at_epoch_end
         self.select_best = select_best
         self.on_divergence = on_divergence
         self.executor = executor
@@ -225,6 +239,8 @@ class Trainer:
             "val_r2": "regress",
             "val_f1": "autoencode",
             "val_auc": "autoencode",
+            "val_f1_grid": "autoencode",
+            "val_f1_exact": "autoencode",
         }.get(self.select_best)
         if metric_task and metric_task != task:
             raise ValueError(f"select_best={self.select_best!r} needs task {metric_task!r}")
@@ -280,7 +296,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "optimizer": self.optimizer.to_dict(),
             "shapes": [self.model.n_inputs, self.model.n_hidden, self.model.n_outputs],
-        }
+        } | ({"gate": self.model.gate_units.tolist()} if self.model.gated else {})  # v2: β
 
     def training_run(self, store) -> TrainingRun:
         """Everything fixed before the first step: the plan, the row counts, the template."""
@@ -386,7 +402,8 @@ class Trainer:
             "block_rows": run.plan.block_rows,
             **executor.info(),
             "weights_sha256": weights_sha256(final),
-            "weights_hash_order": "sha256 over A, B, C, D, b_x, b_y (C-contiguous bytes)",
+            "weights_hash_order": f"sha256 over {', '.join(param_names(final))} "
+            "(C-contiguous bytes)",
             "checkpoint": str(loop.last_checkpoint) if loop.last_checkpoint else None,
             "model": model_path,
         }

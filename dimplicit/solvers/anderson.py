@@ -1,18 +1,28 @@
 """Anderson acceleration of ``x ← f(x)``, with per-sample mixing coefficients.
 
 Every row (sample) has its own small least-squares problem over the last ``m`` residuals
-``g_j = f(x_j) − x_j``:  minimise ‖Σ α_j g_j‖² + λ‖α‖² subject to Σ α_j = 1, solved through the
-bordered (m+1)×(m+1) system used by Bai, Kolter & Koltun (DEQ, 2019).  The next iterate is
-``x = β Σ α_j f(x_j) + (1 − β) Σ α_j x_j``.
+``g_j = f(x_j) − x_j``:  minimise ‖Σ α_j g_j‖² subject to Σ α_j = 1 (with a small Tikhonov
+term), solved in difference form — (m−1)×(m−1) normal equations read off the Gram matrix — for
+all samples at once by a vectorised elimination (:func:`_mixing_coefficients`).  The next
+iterate is ``x = β Σ α_j f(x_j) + (1 − β) Σ α_j x_j``.
 
-Memory is O(m · batch · n): only the last ``m`` values of ``f(x)`` and ``g`` are kept, and the
-Gram matrix of the residuals is updated one row per iteration rather than recomputed.
+What an iteration costs besides the GEMM inside ``f``, in passes over a (batch × n) array:
+one subtraction for ``g``, one Gram *row* ``<g_new, g_j>`` (``m + 1`` arrays read: the Gram
+matrix is updated incrementally, never recomputed), the mixing (``m`` read, one written, into a
+preallocated buffer) and, only at the iterations the :class:`CheckSchedule` tests, one norm of
+``f(x)`` (the residual norm is the Gram diagonal).  That is why the default memory is short
+(m = 3): on the models measured in docs/performance.md a longer memory saved no iterations but
+costs two more passes per iteration.  On a linear map — the implicit adjoint system — Anderson
+with unlimited memory is GMRES; the short memory keeps most of that acceleration.
+
+Memory is O(m · batch · n): only the last ``m`` values of ``f(x)`` and ``g`` are kept.
 """
 
 from __future__ import annotations
 
 from dimplicit.backend import array_module
 from dimplicit.solvers.result import SolveStats, finish
+from dimplicit.solvers.schedule import CheckSchedule
 
 
 def anderson(
@@ -21,10 +31,11 @@ def anderson(
     *,
     tol=1e-4,
     max_iter=300,
-    memory=5,
+    memory=3,
     regularization=1e-4,
     damping=1.0,
-    check_every=1,
+    check_every=4,
+    check="adaptive",
     on_failure="flag",
     what="solve",
 ):
@@ -36,8 +47,9 @@ def anderson(
         The fixed-point map, writing ``f(x)`` into ``out``.
     x0 : array (batch × n)
         Initial iterate; not modified.
-    tol, max_iter, check_every, on_failure
-        As in :func:`dimplicit.solvers.picard.picard`; residual ``‖f(x) − x‖ / (‖f(x)‖ + ε)``.
+    tol, max_iter, check_every, check, on_failure
+        As in :func:`dimplicit.solvers.picard.picard`; the residual is
+        ``‖f(x) − x‖ / (‖f(x)‖ + ε)``, the same quantity Picard tests.
     memory : int
         Number of past iterates mixed (m).
     regularization : float
@@ -63,63 +75,114 @@ def anderson(
     G = xp.empty((m, b, n), dtype=dt)  # g_j = f(x_j) − x_j
     gram = xp.zeros((b, m, m), dtype=xp.float64)  # <g_i, g_j> per sample, float64 for the solve
     eps = 1e-30 if dt == xp.float64 else 1e-20
+    schedule = CheckSchedule(check, check_every, tol, max_iter)
 
-    x = x0.copy()
+    x = x0.copy()  # the mixed iterate; overwritten in place every iteration
     fallbacks = 0
     r = None
     k = 0
-    while k < max_iter:
+    while True:
         slot = k % m
-        f_(x, F[slot])
-        xp.subtract(F[slot], x, out=G[slot])
+        fx, g = F[slot], G[slot]
+        f_(x, fx)
+        xp.subtract(fx, x, out=g)
         k += 1
-        # New Gram row/column: one batched dot product per stored residual.
-        row = xp.einsum("bn,mbn->bm", G[slot], G).astype(xp.float64)
-        gram[:, slot, :] = row
-        gram[:, :, slot] = row
-        if k % check_every == 0 or k == max_iter:
-            fnorm = xp.sqrt(xp.einsum("bn,bn->b", F[slot], F[slot]).astype(xp.float64))
-            r = xp.sqrt(xp.maximum(row[:, slot], 0)) / (fnorm + eps)
-            r[~xp.isfinite(r)] = xp.inf
-            if float(r.max()) < tol:
-                x = F[slot].copy()
-                break
-        if k == max_iter:
-            x = F[slot].copy()
-            break
         h = min(k, m)
-        alpha, bad = _mixing_coefficients(gram[:, :h, :h], regularization, xp)
+        # New Gram row/column: one batched dot product per stored residual.
+        row = xp.einsum("bn,mbn->bm", g, G[:h])
+        gram[:, slot, :h] = row
+        gram[:, :h, slot] = row
+        if schedule.due(k):
+            fnorm = xp.sqrt(xp.einsum("bn,bn->b", fx, fx).astype(xp.float64))
+            r = xp.sqrt(xp.maximum(gram[:, slot, slot], 0)) / (fnorm + eps)
+            r[~xp.isfinite(r)] = xp.inf
+            rmax = float(r.max())
+            if rmax < tol or k >= max_iter:
+                break
+            schedule.observe(k, rmax)
+        if h == 1:
+            x[...] = fx  # one residual: the mixing is a plain Picard step
+            continue
+        alpha, bad = _mixing_coefficients(gram[:, :h, :h], slot, regularization, xp)
         # Fall back to Picard (α = e_slot) for samples whose system was ill-conditioned.
         if bad.any():
             fallbacks += int(bad.sum())
             alpha[bad] = 0
             alpha[bad, slot] = 1
         a = alpha.astype(dt)
-        x = xp.einsum("bm,mbn->bn", a, F[:h])
+        _mix(xp, a, F[:h], x)
         if damping != 1.0:
             # Σ α x_j = Σ α (f_j − g_j): no need to store past iterates.
             x -= (1 - damping) * xp.einsum("bm,mbn->bn", a, G[:h])
-    return x, finish(SolveStats.from_residuals(k, r, tol, fallbacks), on_failure, what)
+    return F[slot].copy(), finish(SolveStats.from_residuals(k, r, tol, fallbacks), on_failure, what)
 
 
-def _mixing_coefficients(gram, lam, xp):
-    """Solve min ‖Σ α_j g_j‖² + λ‖α‖², Σ α = 1, for every sample at once.
+def _mix(xp, a, F, out):
+    """``out[b] = Σ_j a[b, j] F[j, b]`` in one pass, written into ``out``."""
+    if xp.__name__ == "numpy":
+        xp.einsum("bm,mbn->bn", a, F, out=out)
+    else:  # CuPy's einsum takes no ``out``; its memory pool makes the temporary cheap
+        out[...] = xp.einsum("bm,mbn->bn", a, F)
+    return out
+
+
+def _mixing_coefficients(gram, slot, lam, xp):
+    """Solve min ‖Σ α_j g_j‖² + λ‖γ‖², Σ α = 1, for every sample at once.
+
+    In difference form: with ``s`` the newest residual and ``γ_j = α_j`` for the others,
+    ``Σ α_j g_j = g_s + Σ_j γ_j (g_j − g_s)``, so ``γ`` solves the (h−1)×(h−1) normal equations
+    ``(M + λ·scale·I) γ = r`` with ``M_ij = Γ_ij − Γ_is − Γ_sj + Γ_ss`` and ``r_i = Γ_ss − Γ_is``,
+    all read off the Gram matrix ``Γ``.  ``M`` is symmetric positive (semi)definite, so a
+    batched elimination without pivoting, a few vector operations per entry, replaces a
+    stacked LAPACK call (whose per-matrix overhead dominated at small ``n``).
 
     Returns ``(alpha, bad)``: ``alpha`` is (batch × h); ``bad`` marks samples whose solution is
     not finite or has a huge norm (an ill-conditioned system), to be replaced by a Picard step.
     """
     b, h, _ = gram.shape
-    # Scale λ by the Gram diagonal so the regularisation is relative, not absolute.
-    scale = xp.maximum(xp.einsum("bii->b", gram) / h, 1e-300)
-    H = xp.zeros((b, h + 1, h + 1), dtype=xp.float64)
-    H[:, 0, 1:] = 1
-    H[:, 1:, 0] = 1
-    H[:, 1:, 1:] = gram / scale[:, None, None] + lam * xp.eye(h)[None]
-    rhs = xp.zeros((b, h + 1, 1), dtype=xp.float64)
-    rhs[:, 0, 0] = 1
-    try:
-        sol = xp.linalg.solve(H, rhs)[:, 1:, 0]
-    except Exception:  # LinAlgError on a singular batch member: every sample falls back
-        return xp.zeros((b, h)), xp.ones(b, dtype=bool)
-    bad = ~xp.isfinite(sol).all(axis=1) | (xp.abs(sol).sum(axis=1) > 1e4)
-    return sol, bad
+    others = [j for j in range(h) if j != slot]
+    g_ss = gram[:, slot, slot]
+    g_os = gram[:, others, slot]  # (b, h−1)
+    M = gram[:, others][:, :, others] - g_os[:, :, None] - g_os[:, None, :] + g_ss[:, None, None]
+    r = g_ss[:, None] - g_os
+    # λ relative to the scale of M (mean diagonal), so that it means the same at any norm.
+    scale = xp.einsum("bii->b", M) / (h - 1)
+    k = h - 1
+    diag = xp.arange(k)
+    M[:, diag, diag] += lam * xp.maximum(scale, 1e-300)[:, None]
+    gamma = _spd_solve(M, r)
+    alpha = xp.empty((b, h), dtype=xp.float64)
+    alpha[:, others] = gamma
+    alpha[:, slot] = 1 - gamma.sum(axis=1)
+    with _quiet(xp):
+        bad = ~xp.isfinite(alpha).all(axis=1) | (xp.abs(alpha).sum(axis=1) > 1e4)
+    return alpha, bad
+
+
+def _spd_solve(M, r):
+    """Solve ``M x = r`` for a stack of small SPD matrices (b × k × k), overwriting both.
+
+    Gaussian elimination without pivoting, vectorised over the batch: k³/3 vector operations
+    on length-b arrays.  A zero or tiny pivot yields inf/NaN, which the caller flags.
+    """
+    xp = array_module(M)
+    k = M.shape[1]
+    with _quiet(xp):
+        for i in range(k):
+            for j in range(i + 1, k):
+                f = M[:, j, i] / M[:, i, i]
+                M[:, j, i:] -= f[:, None] * M[:, i, i:]
+                r[:, j] -= f * r[:, i]
+        for i in range(k - 1, -1, -1):
+            acc = r[:, i]
+            for j in range(i + 1, k):
+                acc = acc - M[:, i, j] * r[:, j]
+            r[:, i] = acc / M[:, i, i]
+    return r
+
+
+def _quiet(xp):
+    """Silence NumPy's divide/overflow warnings: non-finite results are flagged, not raised."""
+    import contextlib
+
+    return xp.errstate(all="ignore") if hasattr(xp, "errstate") else contextlib.nullcontext()

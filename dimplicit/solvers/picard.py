@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from dimplicit.backend import array_module
 from dimplicit.solvers.result import SolveStats, finish, relative_residual
+from dimplicit.solvers.schedule import CheckSchedule
 
 
-def picard(f_, x0, *, tol=1e-4, max_iter=300, check_every=4, on_failure="flag", what="solve"):
+def picard(
+    f_,
+    x0,
+    *,
+    tol=1e-4,
+    max_iter=300,
+    check_every=4,
+    check="adaptive",
+    on_failure="flag",
+    what="solve",
+):
     """Iterate ``x ← f(x)`` until every row's relative residual is below ``tol``.
 
     Parameters
@@ -20,8 +31,13 @@ def picard(f_, x0, *, tol=1e-4, max_iter=300, check_every=4, on_failure="flag", 
     max_iter : int
         Maximum number of evaluations of ``f``.
     check_every : int
-        Test convergence only every this many iterations: the test costs a reduction (and a
-        device synchronisation on GPU), while an extra iteration past convergence is harmless.
+        Test convergence at most this many iterations apart: the test costs a subtraction and
+        two reductions (and a device synchronisation on GPU), while every iteration past
+        convergence costs a GEMM.
+    check : {"adaptive", "fixed"}
+        When to test: at the iteration where the observed contraction rate predicts
+        convergence, or every ``check_every`` iterations
+        (:class:`~dimplicit.solvers.schedule.CheckSchedule`).
     on_failure : {"flag", "raise"}
         Return unconverged stats, or raise :class:`~dimplicit.solvers.result.NonConvergenceError`.
 
@@ -34,14 +50,17 @@ def picard(f_, x0, *, tol=1e-4, max_iter=300, check_every=4, on_failure="flag", 
     xp = array_module(x0)
     x = x0.copy()
     y = xp.empty_like(x)  # two buffers, swapped each step: memory O(batch × n)
+    schedule = CheckSchedule(check, check_every, tol, max_iter)
     r = None
     k = 0
     while k < max_iter:
         f_(x, y)
         k += 1
         x, y = y, x  # x is now the newest iterate, y the previous one
-        if k % check_every == 0 or k == max_iter:
+        if schedule.due(k):
             r = relative_residual(x, y, xp, scratch=y)  # y is dead after this: reuse it
-            if float(r.max()) < tol:
+            rmax = float(r.max())
+            if rmax < tol:
                 break
+            schedule.observe(k, rmax)
     return x, finish(SolveStats.from_residuals(k, r, tol), on_failure, what)

@@ -1,0 +1,1 @@
+"""Experiments built on dimplicit: reproductions of published results (data, protocol, report)."""
