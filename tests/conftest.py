@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -123,3 +126,23 @@ def make_trainer(store, **kw):
     )
     opts.update(kw)
     return Trainer(dense_model(6, 16, 3, seed=0), DataSpec(str(store), "classify"), **opts)
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@contextmanager
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` as a module for the duration of the block.
+
+    The module is registered in ``sys.modules`` while loaded (dataclasses defined in a script
+    look their module up there) and removed afterwards.
+    """
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    try:
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.modules.pop(spec.name, None)

@@ -115,19 +115,10 @@ def test_cli_certify_prints_one_json_object(teacher_store, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def nslkdd_cert():
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from conftest import load_script
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "certify_nslkdd.py"
-    spec = importlib.util.spec_from_file_location("certify_nslkdd", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    try:
-        spec.loader.exec_module(mod)
+    with load_script("certify_nslkdd") as mod:
         yield mod
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def test_score_gradient_of_the_attack_matches_finite_differences(nslkdd_cert):

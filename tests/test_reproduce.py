@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 
 from dimplicit.experiments import report
 from dimplicit.fit import fit
@@ -20,14 +19,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_szekeres20
 
 @pytest.fixture(scope="module")
 def repro():
-    spec = importlib.util.spec_from_file_location("reproduce_szekeres2024", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    try:
-        spec.loader.exec_module(mod)
+    with load_script("reproduce_szekeres2024") as mod:
         yield mod
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def test_small_htru2_run_prints_json_and_writes_the_report(repro, slice_data, tmp_path, capsys):

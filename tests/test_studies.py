@@ -14,11 +14,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import load_script
 
 from dimplicit.forward import predict
 from dimplicit.gradients import BackwardOptions
@@ -35,8 +33,6 @@ from dimplicit.studies import (
     linear_rate,
     ntk_gram,
 )
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def _sphere_data(n, d, seed=0):
@@ -172,10 +168,8 @@ def test_jfb_backward_is_cheaper_and_a_descent_direction(seed):
 
 
 def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    with load_script(name) as mod:
+        return mod
 
 
 def test_jfb_speed_summary_known_answer():
