@@ -160,6 +160,32 @@ def test_worker_blas_threads_follow_threads_per_worker():
         assert set_worker_blas_threads(client) == {address: 2}  # default: nthreads
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_local_workers_run_without_profiler_unless_the_user_configured_it(monkeypatch):
+    """Dask's profiler and monitors cost ~7 % of a 2-core machine (local.QUIET_BACKGROUND):
+    turned down in a private cluster's worker processes (the profiler stays for a dashboard),
+    but a value the user set wins."""
+    import dask.config
+
+    def background(dask_worker):
+        return (
+            "profile-cycle" in dask_worker.periodic_callbacks,
+            dask_worker._tick_interval,
+        )
+
+    with connect(workers=1, quiet=True, dashboard=False) as client:
+        assert list(client.run(background).values()) == [(False, 1.0)]
+    assert dask.config.get("distributed.worker.profile.enabled") is True  # restored here
+    with (
+        dask.config.set({"distributed.admin.tick.interval": "50ms"}),
+        connect(workers=1, quiet=True, dashboard=False) as client,
+    ):
+        assert list(client.run(background).values()) == [(False, 0.05)]
+    with connect(workers=1, quiet=True) as client:  # a dashboard (bokeh is a dependency)
+        assert list(client.run(background).values()) == [(True, 1.0)]
+
+
 @pytest.mark.timeout(30)
 def test_threads_mode_limits_blas_in_process_and_restores_it():
     before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()]

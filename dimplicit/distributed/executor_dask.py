@@ -32,6 +32,9 @@ from dimplicit.distributed import tasks
 from dimplicit.distributed.reduce import broadcast_parents, finish_step, group_sums, runs_of
 from dimplicit.partition import tree_reduce
 
+#: Dask priority of the weight broadcast's copy tasks (higher runs first; default 0).
+BROADCAST_PRIORITY = 10
+
 
 class DaskExecutor:
     """Run a plan's steps as Dask futures on the cluster behind ``client``.
@@ -126,12 +129,18 @@ class DaskExecutor:
         members = [0] + sorted(set(slots) - {0})
         if len(members) == 1:
             return {0: root}
-        copies = {0: self.client.submit(_same, root, key=f"{tag}-0-{self.key}", **self._where(0))}
+        # The copies go first on every worker: a relay that waited behind its own worker's
+        # compute task (which needs the same weights, so both become ready together) would
+        # idle every worker downstream of it for a whole task.
+        first = {"priority": BROADCAST_PRIORITY}
+        copies = {
+            0: self.client.submit(_same, root, key=f"{tag}-0-{self.key}", **first, **self._where(0))
+        }
         for j, parent in enumerate(broadcast_parents(len(members))):
             if parent is not None:
                 copies[members[j]] = self.client.submit(
                     _same, copies[members[parent]], key=f"{tag}-{members[j]}-{self.key}",
-                    **self._where(members[j]),
+                    **first, **self._where(members[j]),
                 )  # fmt: skip
         return copies
 
