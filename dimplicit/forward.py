@@ -40,13 +40,29 @@ def equilibrium(model, U, options: SolverOptions = SolverOptions(), X0=None):
     if options.layerwise and S.layer_order:
         return _layer_sweep(model, Uproj, options, X0, act)
 
+    # From zeros the first evaluation of the map is φ(0 Aᵀ + Uproj) = φ(Uproj): it skips its
+    # GEMM (the same values, one GEMM fewer per solve) but still counts as an iteration, so the
+    # stopping rule and the test schedule are unchanged.  Both solvers evaluate the map at
+    # ``x0`` first, and ``x0`` is the zero array made here.
+    from_zero = [X0 is None]
+
     def f_(x, out):
-        S.A.matmul_t(x, A, out=out)
-        out += Uproj
+        if from_zero[0]:
+            from_zero[0] = False
+            out[...] = Uproj
+        else:
+            S.A.matmul_t(x, A, out=out)
+            out += Uproj
         return act.apply_(out)
 
     x0 = xp.zeros((U.shape[0], model.n_hidden), dtype=U.dtype) if X0 is None else X0
     return solve(f_, x0, options, what="forward fixed-point solve")
+
+
+#: Rows per pass through a run of feedforward layers (NumPy): each layer's block of a pass
+#: stays in the L2 cache between its GEMM, bias, activation and write-back, which made the
+#: feedforward layers of ``ae-v1:5,32,16`` 1.7× faster on 65,536 rows than whole-batch passes.
+_SWEEP_ROWS = 2048
 
 
 def _layer_sweep(model, Z, options, X0, act):
@@ -55,30 +71,69 @@ def _layer_sweep(model, Z, options, X0, act):
     Layer ``g`` reads only earlier layers (final once computed) and itself: ``x_g = φ(z_g)``
     for a feedforward layer, an inner fixed-point solve on the layer alone for an implicit one.
     ``Z`` (the input projection) is overwritten by ``X``.
+
+    A layer's pre-activation is built in its own contiguous array (one GEMM per run of adjacent
+    earlier layers it reads) and written back once: elementwise passes on a column slice of
+    ``Z`` run at a fraction of their contiguous speed.  Feedforward layers are exact per row, so
+    a run of them is swept block of rows by block of rows (on NumPy); an implicit layer is
+    solved on the whole batch, so that its iterations and stopping test are the batch's.
     """
     xp = array_module(Z)
-    S, A = model.structure, model.params["A"]
-    parts = []
-    for g0, g1 in S.groups:
-        z = Z[:, g0:g1]
-        for _, _, c0, c1 in S.reads(g0):
-            z += Z[:, c0:c1] @ A[g0:g1, c0:c1].T  # earlier layers: already X
-        phi = act.sub(g0, g1)
-        if not S.has_self_block(g0):
-            phi.apply_(z)
-            continue
-        zg, Agt = xp.ascontiguousarray(z), A[g0:g1, g0:g1].T
+    S, A, b = model.structure, model.params["A"], model.params["b_x"]
+    n_rows = Z.shape[0]
 
-        def f_(x, out, zg=zg, Agt=Agt, phi=phi):
-            xp.matmul(x, Agt, out=out)
-            out += zg
+    def pre_activation(Zr, g0, g1, out):
+        """``z_g`` of rows ``Zr`` into ``out`` (contiguous): reads of earlier layers + ``Z``."""
+        spans = S.read_spans(g0)  # earlier layers: already X
+        if not spans:
+            out[...] = Zr[:, g0:g1]
+            return out
+        c0, c1 = spans[0]
+        xp.matmul(Zr[:, c0:c1], A[g0:g1, c0:c1].T, out=out)
+        for c0, c1 in spans[1:]:
+            out += Zr[:, c0:c1] @ A[g0:g1, c0:c1].T
+        # A layer that B does not feed has ``Z = b_x`` there: add the (contiguous) bias row
+        # rather than read the column slice (the same sum, exactly).
+        out += Zr[:, g0:g1] if S.fed_by_inputs(g0) else b[g0:g1]
+        return out
+
+    groups, parts, k = S.groups, [], 0
+    step = _SWEEP_ROWS if xp.__name__ == "numpy" else max(n_rows, 1)
+    while k < len(groups):
+        run = []
+        while k < len(groups) and not S.has_self_block(groups[k][0]):
+            run.append(groups[k])
+            k += 1
+        if run:
+            bufs = [xp.empty((min(step, n_rows), g1 - g0), dtype=Z.dtype) for g0, g1 in run]
+            phis = [act.sub(g0, g1) for g0, g1 in run]
+            for r0 in range(0, n_rows, step):
+                Zr = Z[r0 : r0 + step]
+                for (g0, g1), buf, phi in zip(run, bufs, phis, strict=True):
+                    z = pre_activation(Zr, g0, g1, buf[: Zr.shape[0]])
+                    Zr[:, g0:g1] = phi.apply_(z)
+        if k == len(groups):
+            break
+        g0, g1 = groups[k]
+        k += 1
+        z = pre_activation(Z, g0, g1, xp.empty((n_rows, g1 - g0), dtype=Z.dtype))
+        phi, Agt = act.sub(g0, g1), A[g0:g1, g0:g1].T
+        from_zero = [X0 is None]  # f(0) = φ(z): the first iterate from zero needs no GEMM
+
+        def f_(x, out, zg=z, Agt=Agt, phi=phi, from_zero=from_zero):
+            if from_zero[0]:
+                from_zero[0] = False
+                out[...] = zg
+            else:
+                xp.matmul(x, Agt, out=out)
+                out += zg
             return phi.apply_(out)
 
-        x0 = xp.zeros_like(zg) if X0 is None else xp.ascontiguousarray(X0[:, g0:g1])
+        x0 = xp.zeros_like(z) if X0 is None else xp.ascontiguousarray(X0[:, g0:g1])
         x, st = solve(f_, x0, options, what=f"forward solve of hidden layer {g0}:{g1}")
         Z[:, g0:g1] = x
         parts.append(st)
-    return Z, SolveStats.merge(parts, options.tol, Z.shape[0])
+    return Z, SolveStats.merge(parts, options.tol, n_rows)
 
 
 def output(model, X, U):

@@ -1,7 +1,9 @@
-"""The grouped reduction: cutting the fixed tree into per-worker runs changes no bit.
+"""The grouped reduction: cutting the fixed tree into per-worker runs, and merging the runs
+in any order, changes no bit.
 
-Tasks per step on a cluster (≤ 2W + 4) and the binomial broadcast (no worker sends more
-than ceil(log2 W) copies of the weights) are checked against a real local cluster.
+Tasks per step on a cluster (≤ 2W + 4 with the flat gather), the binomial broadcast (no
+worker sends more than ceil(log2 W) copies of the weights) and the merge tree (no worker
+receives more than ceil(log2 W) partial sums) are checked against a real local cluster.
 """
 
 import itertools
@@ -17,6 +19,7 @@ from dimplicit.distributed.reduce import (
     broadcast_parents,
     complete,
     cover,
+    merge,
     reduce_run,
     runs_of,
 )
@@ -63,19 +66,8 @@ def test_cover_tiles_the_run_with_few_maximal_nodes(n):
 
 def test_grouped_sums_are_bitwise_those_of_tree_reduce():
     """Real partition results (float32 arrays): the same bits for every grouping."""
-    rng = np.random.default_rng(0)
     n = 11
-    leaves = [
-        {
-            "loss": float(rng.standard_normal()),
-            "count": 3,
-            "grads": {
-                "A": rng.standard_normal((4, 4)).astype(np.float32) * 10.0 ** rng.integers(-3, 4)
-            },
-            "stats": {"blocks": 1, "x_max": float(rng.random())},
-        }
-        for _ in range(n)
-    ]
+    leaves = partition_results(n)
     ref = tree_reduce(leaves)
     for runs in [[(0, n)], [(0, 4), (4, 8), (8, 11)], [(0, 3), (3, 7), (7, 11)], [(0, 1), (1, 11)]]:
         nodes = [node for a, b in runs for node in reduce_run(leaves[a:b], a, n)]
@@ -87,6 +79,85 @@ def test_grouped_sums_are_bitwise_those_of_tree_reduce():
     for leaf in leaves[1:]:
         flat = combine(flat, leaf)
     assert flat["grads"]["A"].tobytes() != ref["grads"]["A"].tobytes()
+
+
+def merged_in_random_order(nodes_per_run, n, rng, pair=None):
+    """Merge adjacent runs' node lists, a random adjacent pair at a time, down to one."""
+    lists = list(nodes_per_run)
+    while len(lists) > 1:
+        k = int(rng.integers(len(lists) - 1))
+        lists[k : k + 2] = [merge(lists[k], lists[k + 1], n, pair)]
+    return lists[0]
+
+
+@pytest.mark.parametrize("n", range(1, 12))
+def test_merging_runs_in_any_order_performs_the_additions_of_tree_reduce(n):
+    """Every cut of [0, n) into runs, merged in several random binary-tree orders: the root
+    is the exact expression of tree_reduce, and every intermediate merge is the cover of its
+    range with the values a direct reduction of that range would give."""
+    rng = np.random.default_rng(n)
+    leaves = [str(k) for k in range(n)]
+    expected = tree_reduce(leaves, show)
+    depth = math.ceil(math.log2(n)) if n > 1 else 0
+    for runs in cuts(n):
+        lists = [reduce_run(leaves[a:b], a, n, show) for a, b in runs]
+        for _ in range(3):
+            assert merged_in_random_order(lists, n, rng, show) == [(depth, 0, expected)], runs
+        # One merge of two adjacent runs equals the reduction of their union, node by node.
+        for k in range(len(runs) - 1):
+            (a, _), (_, c) = runs[k], runs[k + 1]
+            assert merge(lists[k], lists[k + 1], n, show) == reduce_run(leaves[a:c], a, n, show)
+
+
+def partition_results(n, seed=0):
+    """Float32 partition results of very different magnitudes: summation order shows."""
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "loss": float(rng.standard_normal()),
+            "count": 3,
+            "grads": {
+                "A": rng.standard_normal((4, 4)).astype(np.float32) * 10.0 ** rng.integers(-3, 4)
+            },
+            "stats": {"blocks": 1, "x_max": float(rng.random())},
+        }
+        for _ in range(n)
+    ]
+
+
+def test_merged_float32_sums_are_bitwise_those_of_tree_reduce():
+    n = 13
+    leaves = partition_results(n, seed=1)
+    ref = tree_reduce(leaves)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        bounds = [0, *sorted(rng.choice(np.arange(1, n), rng.integers(0, n - 1), False)), n]
+        runs = list(itertools.pairwise(int(b) for b in bounds))
+        lists = [reduce_run(leaves[a:b], a, n) for a, b in runs]
+        ((_, _, got),) = merged_in_random_order(lists, n, rng)
+        assert got["grads"]["A"].tobytes() == ref["grads"]["A"].tobytes(), runs
+        assert got["loss"] == ref["loss"] and got["stats"] == ref["stats"]
+        assert got["count"] == 3 * n
+
+
+def test_merge_needs_adjacent_runs():
+    leaves = [str(k) for k in range(6)]
+    left, right = reduce_run(leaves[0:2], 0, 6, show), reduce_run(leaves[3:6], 3, 6, show)
+    with pytest.raises(ValueError, match="not adjacent"):
+        merge(left, right, 6, show)
+
+
+def test_auto_gather_picks_the_tree_for_large_partial_sums_and_many_runs():
+    from dimplicit.distributed.executor_dask import merge_tree_pays
+
+    mb = 10**6
+    # 3 runs or fewer: the tree receives as many partial sums as the flat gather.
+    assert not any(merge_tree_pays(r, 10**4 * mb) for r in (1, 2, 3))
+    # The break-even sizes of the cost model: 5 MB at 4 runs, 2.5 at 8, ~1.7 at 16.
+    for runs, even in ((4, 5 * mb), (8, 2.5 * mb), (16, 19 / 11 * mb)):
+        assert not merge_tree_pays(runs, int(0.9 * even)) and merge_tree_pays(runs, int(1.1 * even))
+    # The models of the tests (a few KB) keep the flat gather at any size.
+    assert not merge_tree_pays(64, 10**5)
 
 
 def test_runs_of_and_binomial_broadcast():
@@ -129,12 +200,16 @@ def cluster_run(n_workers, trainer):
 
 
 def test_weights_are_identical_for_any_worker_count_and_the_in_process_executor(teacher_store):
-    """16 blocks a step, cut into runs of other sizes on 1–4 workers: the same bits."""
+    """16 blocks a step, cut into runs of other sizes on 1–4 workers, gathered flat or
+    through the merge tree: the same bits."""
     local = make_trainer(teacher_store, executor="local", **MANY_BLOCKS).fit()
     hashes = {"local": local.summary_["weights_sha256"]}
     for w in (1, 2, 3, 4):
-        t, _, _ = cluster_run(w, make_trainer(teacher_store, executor="dask", **MANY_BLOCKS))
-        hashes[w] = t.summary_["weights_sha256"]
+        for gather in ("flat", "tree"):
+            trainer = make_trainer(teacher_store, executor="dask", gather=gather, **MANY_BLOCKS)
+            t, _, _ = cluster_run(w, trainer)
+            hashes[w, gather] = t.summary_["weights_sha256"]
+            assert t.summary_["gather"] == gather
     assert len(set(hashes.values())) == 1, hashes
 
 
@@ -144,7 +219,9 @@ def test_tasks_per_step_and_weight_copies_sent(teacher_store, n_workers):
     worker sends more than ceil(log2 W) copies of the weights a step."""
     runs = {}
     for steps in (2, 6):
-        trainer = make_trainer(teacher_store, executor="dask", max_steps=steps, **MANY_BLOCKS)
+        trainer = make_trainer(
+            teacher_store, executor="dask", gather="flat", max_steps=steps, **MANY_BLOCKS
+        )
         runs[steps] = cluster_run(n_workers, trainer)
     # Everything but the steps (chunk loads, placing the weights, the final evaluation) is
     # the same in both runs: the difference is 4 steps' tasks.
@@ -167,6 +244,32 @@ def test_tasks_per_step_and_weight_copies_sent(teacher_store, n_workers):
     # memory manager may drop a replica that then travels once more: at most one a step).
     copies = sum(bool(re.match(r"^weights-\d+-[1-9]\d*-", t["key"])) for t in tasks_run)
     assert copies <= sum(sent.values()) <= copies + 6, (sent, copies)
+
+
+def test_merge_tree_bounds_the_partial_sums_a_worker_receives(teacher_store):
+    """4 workers: with the merge tree no worker receives more than ceil(log2 4) = 2 node
+    lists a step (of `group-` or `merge-` tasks); the flat gather brings 3 to the update's
+    worker.  The tree adds at most W − 1 = 3 tasks a step."""
+    steps, w = 4, 4
+    received, tasks = {}, {}
+    for gather in ("flat", "tree"):
+        trainer = make_trainer(
+            teacher_store, executor="dask", gather=gather, max_steps=steps, **MANY_BLOCKS
+        )
+        _, tasks_run, logs = cluster_run(w, trainer)
+        partial = re.compile(r"^(group|merge)-(\d+)-")
+        counts = {}  # (receiving worker, step) → node lists received
+        for log in logs.values():
+            for t in log:
+                for key in t["keys"]:
+                    m = partial.match(key)
+                    if m and t["to"] in logs:
+                        counts[t["to"], m[2]] = counts.get((t["to"], m[2]), 0) + 1
+        received[gather] = max(counts.values(), default=0)
+        tasks[gather] = len(tasks_run)
+    assert received["tree"] <= math.ceil(math.log2(w)), received
+    assert received["flat"] >= w - 1, received  # the flat gather: W − 1 to the update
+    assert 0 < tasks["tree"] - tasks["flat"] <= (w - 1) * steps, tasks
 
 
 def test_weight_copies_run_before_their_workers_compute(teacher_store):
@@ -212,7 +315,8 @@ def test_step_blocks_are_in_store_order_and_slots_are_contiguous_and_balanced():
 
 
 @pytest.mark.slow
-def test_killing_a_worker_of_three_keeps_the_weights(teacher_store, monkeypatch):
+@pytest.mark.parametrize("gather", ["flat", "tree"])
+def test_killing_a_worker_of_three_keeps_the_weights(teacher_store, monkeypatch, gather):
     """SIGKILL one of 3 worker processes mid-run: its pinned share moves, the bits do not.
 
     Worker processes matter here: weights that arrive over the network may be misaligned
@@ -241,7 +345,12 @@ def test_killing_a_worker_of_three_keeps_the_weights(teacher_store, monkeypatch)
                     killed.append(pid)
 
             t = make_trainer(
-                teacher_store, executor="dask", epochs=3, callback=kill_one, **MANY_BLOCKS
+                teacher_store,
+                executor="dask",
+                epochs=3,
+                callback=kill_one,
+                gather=gather,
+                **MANY_BLOCKS,
             ).fit(client)
         return t, killed
 

@@ -92,3 +92,58 @@ def test_unconverged_layer_is_flagged_or_raised():
     assert not st.converged and st.n_unconverged > 0
     with pytest.raises(NonConvergenceError, match=f"hidden layer {s0}:{s1}"):
         equilibrium(model, U, SolverOptions(max_iter=5, on_failure="raise"))
+
+
+@pytest.mark.parametrize(
+    "tiles",
+    [
+        ((0, 3, 0, 3), (0, 3, 3, 6), (3, 6, 6, 9)),  # adjacent tiles: one GEMM per row range
+        ((0, 3, 0, 3), (0, 3, 6, 9), (6, 8, 3, 6)),  # a gap: two GEMMs summed; rows 3:6 unfed
+    ],
+)
+def test_merged_tile_products_equal_masked_dense_products(tiles):
+    from dimplicit.structure import Blocks
+
+    rng = np.random.default_rng(5)
+    blocks = Blocks((8, 9), tiles, False)
+    mask = np.zeros((8, 9))
+    for r0, r1, c0, c1 in tiles:
+        mask[r0:r1, c0:c1] = 1
+    W = rng.standard_normal((8, 9)) * mask
+    x, v = rng.standard_normal((5, 9)), rng.standard_normal((5, 8))
+    for out in (None, np.full((5, 8), np.nan)):  # stale contents must not leak through
+        np.testing.assert_allclose(blocks.matmul_t(x, W, out=out), x @ W.T, atol=1e-12)
+    wide = np.full((5, 12), np.nan)  # a strided ``out``: columns of a larger array
+    blocks.matmul_t(x, W, out=wide[:, 2:10])
+    np.testing.assert_allclose(wide[:, 2:10], x @ W.T, atol=1e-12)
+    assert np.isnan(wide[:, :2]).all() and np.isnan(wide[:, 10:]).all()
+    for out in (None, np.full((5, 9), np.nan)):
+        np.testing.assert_allclose(blocks.matmul(v, W, out=out), v @ W, atol=1e-12)
+    if tiles[1][2] == 3:
+        assert blocks._row_spans == (((0, 3), ((0, 6),)), ((3, 6), ((6, 9),)))
+
+
+def test_layer_reads_are_merged_spans():
+    S = build_model("ae-v1:5,32,16", 11, 11, seed=0).structure
+    # The latent layer reads the layer before it (one span) and itself (not a read).
+    assert S.read_spans(48) == ((32, 48),)
+    assert S.read_spans(0) == ()
+    # Only the first layer is fed by the inputs: elsewhere the input projection is b_x.
+    assert [S.fed_by_inputs(g0) for g0, _ in S.groups] == [True] + [False] * 4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_feedforward_layers_swept_in_row_blocks(arch, monkeypatch):
+    import dimplicit.forward as forward
+
+    model = _model(arch, seed=6)
+    U = np.random.default_rng(7).standard_normal((11, model.n_inputs))
+    opts = SolverOptions("picard", tol=1e-12, max_iter=2000)
+    X_one, st_one = equilibrium(model, U, opts)
+    monkeypatch.setattr(forward, "_SWEEP_ROWS", 4)  # blocks of 4, 4 and 3 rows
+    X_blocks, st_blocks = equilibrium(model, U, opts)
+    np.testing.assert_allclose(X_blocks, X_one, rtol=1e-14, atol=1e-14)
+    assert st_blocks.iterations == st_one.iterations
+    X_whole, _ = equilibrium(model, U, SolverOptions("picard", tol=1e-12, max_iter=2000,
+                                                     layerwise=False))  # fmt: skip
+    np.testing.assert_allclose(X_blocks, X_whole, atol=1e-10)

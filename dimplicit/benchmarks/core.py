@@ -3,10 +3,11 @@
 Flop count of one training step (docs/design.md §6, conservative — it leaves out the few
 GEMMs that are not in the iterations, such as ``Vᵀ X``)::
 
-    2·b·n²·(k_f + k_b) + 4·b·n·(p + q)
+    2·b·n²·(k_f − 1 + k_b) + 4·b·n·(p + q)
 
 The step's wall time is split into ``gemm_seconds_per_step`` — the (b × n × n) GEMMs it ran
-(``k_f + k_b`` in the solves plus ``Vᵀ X``), each costed at the best time of that GEMM measured
+(``k_f − 1 + k_b`` in the solves — the forward solve's first iterate from zeros takes no GEMM —
+plus ``Vᵀ X``), each costed at the best time of that GEMM measured
 alone in the same process — and ``other_seconds_per_step``, the rest: activations, residual
 checks, Anderson's mixing, the thin GEMMs with ``p`` and ``q``, the optimizer, Python.  The
 split is an estimate (a GEMM inside the step may run slower than alone), but it is measured the
@@ -94,8 +95,11 @@ def bench_core(
         t_gemm = gemm_seconds(batch, hidden, be)
     peak = 2.0 * batch * hidden * hidden / t_gemm / 1e9
     total_t = sum(times)
-    # k_f + k_b GEMMs in the solves and one for ∂L/∂A = Vᵀ X, each as fast as alone.
-    gemm_t = t_gemm * (np.mean(kf) + np.mean(kb) + 1)
+    # The forward solve starts from zeros, whose first map evaluation needs no GEMM
+    # (dimplicit.forward.equilibrium): k_f − 1 GEMMs there, k_b in the adjoint solve (it
+    # starts from S ⊙ G_X, the adjoint map at zero), and one for ∂L/∂A = Vᵀ X, each costed as
+    # fast as alone; the flops count only the GEMMs run.
+    gemm_t = t_gemm * (np.mean(kf) - 1 + np.mean(kb) + 1)
     flops = sum(
         step_flops(batch, hidden, inputs, outputs, f, b) for f, b in zip(kf, kb, strict=True)
     )

@@ -85,17 +85,19 @@ def worker_traffic(client, since: float, until: float) -> dict:
     return out
 
 
-def timed_fit(client, model, spec, *, config, optimizer, steps, rows, block_rows, seed) -> dict:
+def timed_fit(client, model, spec, *, config, optimizer, steps, rows, block_rows, seed,
+              gather="auto") -> dict:  # fmt: skip
     """Train one warm-up step and ``steps`` timed steps on ``client``; the per-step figures.
 
     The data is one step per epoch (``batch_size = rows``).  The timed window runs from the
-    arrival of step 0's summary to the arrival of the last one.
+    arrival of step 0's summary to the arrival of the last one.  ``gather``: the trainer's
+    option (how partial sums reach the update).
     """
     from distributed import get_task_stream
 
     trainer = Trainer(model, spec, config=config, optimizer=optimizer, epochs=steps + 1,
                       batch_size=rows, block_rows=block_rows, seed=seed, persist="always",
-                      sync_every=10**9)  # fmt: skip
+                      sync_every=10**9, gather=gather)  # fmt: skip
     marks = []  # (perf_counter, time, process CPU) at every summary's arrival
     trainer.callback = lambda rec: marks.append(
         (time.perf_counter(), time.time(), time.process_time())
@@ -135,6 +137,7 @@ def timed_fit(client, model, spec, *, config, optimizer, steps, rows, block_rows
         "bytes_received_per_step_max": max(received, default=0.0),
         "bytes_sent_per_step_mean": float(np.mean(sent)) if sent else 0.0,
         "weights_sha256": trainer.summary_["weights_sha256"],
+        "gather": trainer.summary_.get("gather"),
     }
 
 

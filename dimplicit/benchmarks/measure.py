@@ -10,8 +10,10 @@ import numpy as np
 
 
 def step_flops(b, n, p, q, k_f, k_b) -> float:
-    """Flops of one training step (docs/design.md §6)."""
-    return 2.0 * b * n * n * (k_f + k_b) + 4.0 * b * n * (p + q)
+    """Flops of one training step (docs/design.md §6) with ``k_f`` forward, ``k_b`` adjoint
+    iterations.  The forward solve starts from zeros, whose first iterate takes no GEMM
+    (:func:`dimplicit.forward.equilibrium`): ``k_f − 1`` forward GEMMs are counted."""
+    return 2.0 * b * n * n * (max(k_f - 1, 0) + k_b) + 4.0 * b * n * (p + q)
 
 
 def gemm_peak_gflops(b: int, n: int, backend, repeats: int = 5) -> float:

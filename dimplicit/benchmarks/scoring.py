@@ -18,6 +18,10 @@ Two bounds put the rows/s in context:
 ``of_compute_bound`` are the fractions reached.  ``read_and_score_rows_per_s`` locates the
 rest of the gap: the same scores computed on the cluster from the store, summed instead of
 written (scoring minus its output path).
+
+``chunk_cpu_seconds`` is the median CPU time of that computation on the store's first chunk,
+on one worker's thread (``chunk_cpu_rows_per_s`` = chunk rows / that time): the cost of the
+model alone, which other processes' load barely moves, unlike the wall-clock rates.
 """
 
 from __future__ import annotations
@@ -84,6 +88,25 @@ def _compute_rows_per_s(model, store, max_chunks=8) -> float:
     return rows / seconds
 
 
+def _chunk_cpu_seconds(model, path, repeats=3) -> float:
+    """Median single-thread CPU time (s) of :func:`raw_scores_block` on the first chunk of the
+    store at ``path`` (run as a task: the client's memory stays that of a client)."""
+    from dimplicit.backend import blas_threads
+    from dimplicit.predict import forward_options
+
+    store = open_store(path)
+    block = np.asarray(store.features[: store.chunk_rows])
+    options = forward_options(model)
+    times = []
+    with blas_threads(1):
+        raw_scores_block(block, model, options)  # warm-up (BLAS buffers, caches)
+        for _ in range(repeats):
+            t0 = time.thread_time()
+            raw_scores_block(block, model, options)
+            times.append(time.thread_time() - t0)
+    return float(np.median(times))
+
+
 def bench_score(rows=1_000_000, arch="ae-v1:5,32,16", workers=2, data=None, seed=0) -> dict:
     """Score ``rows`` synthetic rows (or the store ``data``); return the JSON record."""
     with tempfile.TemporaryDirectory(dir=".") as tmp:
@@ -101,6 +124,7 @@ def bench_score(rows=1_000_000, arch="ae-v1:5,32,16", workers=2, data=None, seed
         }
         with connect(workers=workers, threads_per_worker=1, quiet=True, dashboard=False) as c:
             c.run(_warm_up)  # imports in the workers, so that no rate includes them
+            chunk_cpu = c.submit(_chunk_cpu_seconds, model, str(data), pure=False).result()
             io_bound = _io_rows_per_s(store)
             read_and_score = _read_and_score_rows_per_s(model, store)
             compute_bound = _compute_rows_per_s(model, store)
@@ -117,6 +141,8 @@ def bench_score(rows=1_000_000, arch="ae-v1:5,32,16", workers=2, data=None, seed
         "io_bound_rows_per_s": io_bound,
         "compute_bound_rows_per_s": compute_bound,
         "read_and_score_rows_per_s": read_and_score,
+        "chunk_cpu_seconds": chunk_cpu,
+        "chunk_cpu_rows_per_s": min(store.n_rows, store.chunk_rows) / chunk_cpu,
         "bound": "io" if io_bound <= compute_bound else "compute",
         "of_io_bound": rate / io_bound,
         "of_compute_bound": rate / compute_bound,

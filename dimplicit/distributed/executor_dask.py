@@ -7,15 +7,22 @@ of the chunks (:meth:`Plan.chunk_slots`), so that each worker's blocks form one 
             and one on the update's worker that the tree starts from)
         ──► one `group_sums` task per worker: its blocks' sums, reduced to the maximal
             sub-trees of the fixed reduction tree inside its run
+        ──► gather="flat": nothing; gather="tree": a binary tree of `merge` tasks over the
+            runs in order, each on its left run's worker (the root on the first run's)
         ──► `finish_step` task: completes the tree, optimizer + projection
         ──► new weights (kept as a future), optimizer state, the step's summary
 
-At most ``2W + 4`` tasks per step on ``W`` workers, whatever the number of blocks; no worker
-sends more than ``ceil(log2 W)`` copies of the weights plus its run's partial sums (one
-gradient-sized array per maximal sub-tree, usually one).  The additions are those of
+With the flat gather, at most ``2W + 4`` tasks per step on ``W`` workers, whatever the number
+of blocks; no worker sends more than ``ceil(log2 W)`` copies of the weights plus its run's
+partial sums (one gradient-sized array per maximal sub-tree, usually one), but the update's
+worker receives the partial sums of all ``W − 1`` other runs.  The merge tree costs up to
+``W − 1`` more tasks and ``ceil(log2 W)`` more dependent hops, and then no worker receives
+more than ``ceil(log2 W)`` node lists a step; ``gather="auto"`` picks it when the bytes it
+saves outweigh that (:func:`merge_tree_pays`).  The additions are those of
 :func:`~dimplicit.partition.tree_reduce` in its order (:mod:`.reduce`), so the weights are
-bitwise those of the in-process executor and of any number of workers.  Tasks are pinned to
-their worker with ``allow_other_workers``: a dead worker's share runs elsewhere.
+bitwise those of the in-process executor, of any number of workers and of either gather.
+Tasks are pinned to their worker with ``allow_other_workers``: a dead worker's share runs
+elsewhere.
 
 The client only *submits*; :meth:`DaskExecutor.results` fetches the small per-step summaries
 one step behind, so the cluster is never idle waiting for it.  :meth:`DaskExecutor.weights`
@@ -29,11 +36,31 @@ import operator
 import uuid
 
 from dimplicit.distributed import tasks
-from dimplicit.distributed.reduce import broadcast_parents, finish_step, group_sums, runs_of
+from dimplicit.distributed.reduce import (
+    broadcast_parents,
+    finish_step,
+    group_sums,
+    merge,
+    runs_of,
+)
 from dimplicit.partition import tree_reduce
 
 #: Dask priority of the weight broadcast's copy tasks (higher runs first; default 0).
 BROADCAST_PRIORITY = 10
+
+#: How a step's partial sums reach the update (``DaskExecutor(gather=…)``).
+GATHERS = ("auto", "flat", "tree")
+
+# The cost model of gather="auto" (docs/scaling.md): scheduler time a task, latency of a
+# dependent hop (task done → scheduler → next task starts), and the rate at which a worker
+# takes in partial sums (receive + deserialise + add).  1 ms a task and a hop is the order of
+# magnitude Dask documents and docs/scaling.md's projection assumes; 1 GB/s is about what
+# Dask's TCP comms move between two worker processes on one host (transfer logs on the 2-core
+# development machine: 1.1 GB/s for 16 MB arrays, 1.4 for 64 MB, 0.67 for 4 MB) and below a
+# cluster's links, so on a cluster the tree is chosen early rather than late.
+TASK_SECONDS = 1e-3
+HOP_SECONDS = 1e-3
+GATHER_BYTES_PER_S = 1e9
 
 
 class DaskExecutor:
@@ -46,14 +73,24 @@ class DaskExecutor:
         What the trainer fixed for this run (data, plan, config, template model).
     persist : bool
         Keep loaded chunks in worker memory, or re-read them from Zarr in every task.
+    gather : {"auto", "flat", "tree"}
+        How the runs' partial sums reach the update: all to its worker (``flat``: fewest
+        tasks), or merged pairwise in a tree of tasks across the workers first (``tree``:
+        no worker receives more than ``ceil(log2 W)`` of them); ``auto``: the tree when
+        :func:`merge_tree_pays` for the step's runs and the weights' size.
     """
 
     name = "dask"
 
-    def __init__(self, client, run, persist: bool):
+    def __init__(self, client, run, persist: bool, gather: str = "auto"):
+        if gather not in GATHERS:
+            raise ValueError(f"gather must be one of {GATHERS}, got {gather!r}")
         self.client = client
         self.run = run
         self.persist = persist
+        self.gather = gather
+        # Partial sums are gradient-sized: the weights' bytes (S of docs/scaling.md).
+        self.weight_bytes = sum(getattr(v, "nbytes", 0) for v in run.template.params.values())
         self.key = uuid.uuid4().hex[:8]
         # Placement only (never the arithmetic): the workers present now, in a fixed order;
         # chunk c lives on slot chunk_slots[c].  Workers that join later get no share.
@@ -171,6 +208,8 @@ class DaskExecutor:
                 [r.block_args(epoch, chunk, j) for chunk, j in mine], a, n, spec,
                 key=f"group-{step}-{a}-{k}", **self._where(slot),
             ))  # fmt: skip
+        if self._tree(len(parts)):
+            parts = [self._merge_tree(parts, runs, n, step)]
         out_f = c.submit(
             finish_step, self.params_f, self.state_f, parts, n, step, r.optimizer,
             self.template[0], key=f"update-{step}-{k}", **self._where(0),
@@ -181,6 +220,32 @@ class DaskExecutor:
         )
         self.lineage += [self.params_f, self.state_f]
         self.pending.append((step, epoch, summary))
+
+    def _tree(self, runs: int) -> bool:
+        """Merge this step's ``runs`` node lists in a tree of tasks (``gather``)?"""
+        if self.gather == "auto":
+            return merge_tree_pays(runs, self.weight_bytes)
+        return self.gather == "tree" and runs > 1
+
+    def _merge_tree(self, parts, runs, n, step):
+        """One future of the root's node list: ``parts`` merged pairwise, in run order.
+
+        ``tree_reduce`` over the runs: at level ``d`` the item at position ``i`` covers the
+        runs from ``i·2^d`` on, and its merge with its right neighbour runs on that first
+        run's worker, so each worker receives one node list a level at most (``ceil(log2
+        R)`` for R runs) and the root lands on the first run's worker, normally slot 0's,
+        where ``finish_step`` runs.  Merges are recipes (a lost one is recomputed) pinned
+        loosely like every other task.
+        """
+
+        def pair(left, right, depth, i):
+            slot = runs[i << depth][0]
+            return self.client.submit(
+                merge, left, right, n, key=f"merge-{step}-{depth}-{i}-{self.key}",
+                **self._where(slot),
+            )  # fmt: skip
+
+        return tree_reduce(parts, pair)
 
     def results(self, keep: int = 0):
         """Summaries of finished steps, oldest first, leaving the newest ``keep`` pending."""
@@ -224,7 +289,32 @@ class DaskExecutor:
         self.params_f = self.state_f = None
 
     def info(self) -> dict:
-        return {"executor": self.name, "persisted": self.persist}
+        w = max(len(self.workers), 1)
+        gather = self.gather
+        if gather == "auto":
+            gather = "tree" if merge_tree_pays(w, self.weight_bytes) else "flat"
+        return {"executor": self.name, "persisted": self.persist, "gather": gather}
+
+
+def merge_tree_pays(runs: int, weight_bytes: int) -> bool:
+    """``gather="auto"``: is the merge tree cheaper than the flat gather for this step?
+
+    With ``R`` runs of partial sums of ``S = weight_bytes`` each, ``L = ceil(log2 R)``, the
+    flat gather makes the update's worker take in ``(R − 1)·S`` bytes one after another; the
+    tree makes every worker take in at most ``L·S`` in ``L`` rounds, at the price of ``R − 1``
+    more tasks and ``L`` more dependent hops.  So the tree pays when
+
+        (R − 1 − L) · S / GATHER_BYTES_PER_S  >  (R − 1) · TASK_SECONDS + L · HOP_SECONDS,
+
+    i.e. roughly when the partial sums pass ``GATHER_BYTES_PER_S · TASK_SECONDS`` ≈ 1 MB
+    (5 MB at R = 4, 2.5 MB at 8, 1.7 MB at 16, 1.2 MB at 64); never for ``R ≤ 3``, where
+    both gathers receive the same number of partial sums.
+    """
+    if runs <= 1:
+        return False
+    levels = (runs - 1).bit_length()
+    saved = (runs - 1 - levels) * weight_bytes / GATHER_BYTES_PER_S
+    return saved > (runs - 1) * TASK_SECONDS + levels * HOP_SECONDS
 
 
 def should_persist(client, run) -> bool:

@@ -7,13 +7,17 @@ neighbours ``(0, 1), (2, 3), …`` are merged and an odd last item moves up unch
 
 A worker that holds a contiguous run ``[a, b)`` of a step's blocks can therefore compute the
 *maximal* tree nodes inside its run (:func:`cover`) by itself, each with ``tree_reduce`` over
-its leaves, and one task completes the tree from the nodes of every run (:func:`complete`).
-That performs exactly the additions of ``tree_reduce`` in exactly its order, so the result
-is bitwise the same however the blocks are grouped (tests/test_reduction.py).
+its leaves.  The node lists of two adjacent runs merge into the maximal nodes of their
+union (:func:`merge`), and one task completes the tree from nodes that tile all leaves
+(:func:`complete`, the merge over ``[0, n)``).  Both perform exactly the additions of
+``tree_reduce`` in exactly its order, so the result is bitwise the same however the blocks
+are grouped and in whatever order adjacent runs are merged (tests/test_reduction.py).
 
 The Dask executor uses this to run one task per worker per step instead of one per block
-(:func:`group_sums`), and the step's last task, :func:`finish_step`, completes the tree and
-applies the update.
+(:func:`group_sums`); the runs' node lists either all go to the step's last task,
+:func:`finish_step` (a flat gather), or are first merged pairwise in a tree of tasks across
+the workers (:func:`merge`), so that no worker receives more than ``ceil(log2 W)`` of them;
+:func:`finish_step` completes the tree and applies the update.
 """
 
 from __future__ import annotations
@@ -25,17 +29,13 @@ from dimplicit.partition import combine, tree_reduce
 __all__ = [
     "cover",
     "reduce_run",
+    "merge",
     "complete",
     "runs_of",
     "broadcast_parents",
     "group_sums",
     "finish_step",
 ]
-
-
-def _depth(n: int) -> int:
-    """Levels above the leaves of the tree of ``n`` leaves: ``ceil(log2 n)``."""
-    return max(n - 1, 0).bit_length()
 
 
 def cover(a: int, b: int, n: int) -> list[tuple[int, int, int, int]]:
@@ -92,20 +92,18 @@ def reduce_run(results: list, a: int, n: int, pair=None) -> list[tuple[int, int,
     return out
 
 
-def complete(nodes, n: int, pair=None):
-    """The root of the tree of ``n`` leaves from node values that tile the leaves.
+def _span(nodes, n: int) -> tuple[int, int]:
+    """The leaf range ``[start, stop)`` that a left-to-right node list covers."""
+    (d0, i0, *_), (d1, i1, *_) = nodes[0], nodes[-1]
+    return i0 << d0, min((i1 + 1) << d1, n)
 
-    Parameters
-    ----------
-    nodes : iterable of (level, index, value)
-        E.g. the concatenated outputs of :func:`reduce_run` for runs that tile ``[0, n)``.
-    n : int
-    pair : callable, optional
-        ``pair(a, b, depth, index)``; default :func:`~dimplicit.partition.combine`.
 
-    Returns
-    -------
-    The root value: bitwise what ``tree_reduce`` of all leaves returns.
+def _cover_values(nodes, a: int, c: int, n: int, pair=None) -> list[tuple[int, int, object]]:
+    """The maximal nodes of ``[a, c)`` with their values, from node values that tile it.
+
+    Every missing node is computed from its children, exactly as ``tree_reduce`` computes
+    it: ``pair(left, right, depth, index)``, or the left child alone when there is no right
+    child (the odd last item moves up unchanged).
     """
     known = {(d, i): v for d, i, v in nodes}
     if pair is None:
@@ -123,7 +121,59 @@ def complete(nodes, n: int, pair=None):
             return left
         return pair(left, value(d - 1, 2 * i + 1), d - 1, 2 * i)
 
-    return value(_depth(n), 0)
+    return [(d, i, value(d, i)) for d, i, _, _ in cover(a, c, n)]
+
+
+def merge(left, right, n: int, pair=None) -> list[tuple[int, int, object]]:
+    """Merge the node lists of two adjacent runs into the maximal nodes of their union.
+
+    ``left`` tiles ``[a, b)`` and ``right`` tiles ``[b, c)`` (outputs of :func:`reduce_run`
+    or of this function); the result is the maximal nodes of ``[a, c)``
+    (``cover(a, c, n)``), each computed with exactly the additions of
+    :func:`~dimplicit.partition.tree_reduce` in its order.  Any split of ``[0, n)`` into
+    runs, merged pairwise in any binary-tree order, therefore ends in ``[(depth, 0, root)]``
+    with the root bitwise that of ``tree_reduce`` (tests/test_reduction.py); the Dask
+    executor's merge tree relies on it.
+
+    Parameters
+    ----------
+    left, right : list of (level, index, value)
+        Left to right, as :func:`reduce_run` returns them; neither empty.
+    n : int
+        Leaves of the whole tree.
+    pair : callable, optional
+        ``pair(a, b, depth, index)``; default :func:`~dimplicit.partition.combine`.
+
+    Returns
+    -------
+    list of (level, index, value)
+    """
+    a, b = _span(left, n)
+    b2, c = _span(right, n)
+    if b != b2:
+        raise ValueError(f"runs [{a}, {b}) and [{b2}, {c}) are not adjacent")
+    return _cover_values([*left, *right], a, c, n, pair)
+
+
+def complete(nodes, n: int, pair=None):
+    """The root of the tree of ``n`` leaves from node values that tile the leaves.
+
+    The merge (:func:`merge`) over the whole range ``[0, n)``, whose cover is the root.
+
+    Parameters
+    ----------
+    nodes : iterable of (level, index, value)
+        E.g. the concatenated outputs of :func:`reduce_run` for runs that tile ``[0, n)``.
+    n : int
+    pair : callable, optional
+        ``pair(a, b, depth, index)``; default :func:`~dimplicit.partition.combine`.
+
+    Returns
+    -------
+    The root value: bitwise what ``tree_reduce`` of all leaves returns.
+    """
+    ((_, _, root),) = _cover_values(nodes, 0, n, n, pair)
+    return root
 
 
 def runs_of(owners: list) -> list[tuple[object, int, int]]:
@@ -172,14 +222,9 @@ def group_sums(params, template, chunks, blocks, a, n, spec=None):
     -------
     list of (level, index, partition result)
     """
-    import numpy as np
+    from dimplicit.distributed.tasks import block_sums, fresh_copies, load_chunk
 
-    from dimplicit.distributed.tasks import block_sums, load_chunk
-
-    # Weights that arrived over the network may sit at an offset inside a message frame;
-    # NumPy's SIMD loops round differently on data of other alignment, so compute with a
-    # fresh copy, as the in-process executor does.
-    params = {k: np.array(v) for k, v in params.items()}
+    params = fresh_copies(params)  # bitwise results whatever the frame offset they came at
     if spec is not None:
         loaded = {c: load_chunk(spec, c, "train") for c in dict.fromkeys(chunks)}
         chunks = [loaded[c] for c in chunks]

@@ -149,7 +149,7 @@ def eval_sums(params, template, data, config, device, dtype):
     if U.shape[0] == 0:
         return out
     be = get_backend(device, dtype)
-    model = with_params(template, params).astype(be)
+    model = with_params(template, fresh_copies(params)).astype(be)
     Yhat, _, stats = predict(model, U, config.forward)
     if Y.dtype == bool:  # autoencoder, labelled validation rows
         raw = to_host(row_rmse(Yhat, U))
@@ -218,6 +218,16 @@ def step_summary(total, finite=True):
         "task_seconds": total["stats"].get("task_seconds", 0.0),
         "finite": bool(finite),
     }
+
+
+def fresh_copies(params: dict) -> dict:
+    """Host copies of weights that arrived over the network, in fresh (aligned) buffers.
+
+    A received array may sit at an odd offset inside a message frame, and NumPy's SIMD loops
+    round differently on data of another alignment: computing with fresh copies, as the
+    in-process executor does, keeps results bitwise the same for any number of workers.
+    """
+    return {k: np.array(v) for k, v in params.items()}
 
 
 def with_params(template: ImplicitModel, params: dict) -> ImplicitModel:

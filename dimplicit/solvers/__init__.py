@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from dimplicit.backend import array_module
 from dimplicit.solvers.anderson import anderson
+from dimplicit.solvers.blas import warm_blas
 from dimplicit.solvers.picard import picard
 from dimplicit.solvers.result import NonConvergenceError, SolveStats
 from dimplicit.solvers.schedule import CHECKS, CheckSchedule
@@ -92,6 +94,7 @@ class SolverOptions:
 
 def solve(f_, x0, options: SolverOptions, what: str = "solve"):
     """Solve ``x = f(x)`` from ``x0`` with the solver in ``options``; return ``(x, stats)``."""
+    warm_blas(array_module(x0))  # once per process: see dimplicit.solvers.blas
     common = dict(
         tol=options.tol,
         max_iter=options.max_iter,
