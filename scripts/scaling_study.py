@@ -447,7 +447,8 @@ def report(data, med, model_fit, proj) -> str:
         "not edited.*",
         "",
         f"Machine: {meta['cores']} cores, {meta['platform']}; load average before / after "
-        f"{meta['load_before']} / {meta['load_after']} (other jobs shared the machine). "
+        f"{meta['load_before']} / {meta['load_after']} (the study's own worker processes count "
+        "in it). "
         f"Command: `{meta['command']}`; {meta['steps']} timed steps after one warm-up step, "
         f"{meta['repeats']} repeat(s), medians.",
         "",
@@ -652,9 +653,10 @@ def conclusions(med, model_fit, proj) -> list[str]:
         "one, more when the runs do not fall on the tree's boundaries.",
         "",
         f"The wall times of this study were taken with the 2-core machine's load average "
-        f"between {min(loads):.1f} and {max(loads):.1f} (column *load*): where that is well "
-        "above the cores, differences between W are partly noise and `c` mixes per-task "
-        "cost with time-slicing. The byte counts and task counts do not depend on the load.",
+        f"between {min(loads):.1f} and {max(loads):.1f} (column *load*; the W worker "
+        "processes, the client and the scheduler count in it, so past W = 2 it is above the "
+        "cores by construction): there `c` mixes per-task cost with time-slicing. The byte "
+        "counts and task counts do not depend on the load.",
     ]
     return out
 
