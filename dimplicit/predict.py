@@ -116,7 +116,7 @@ def solve_block(U, model, options: SolverOptions):
     U = np.asarray(U, dtype=model.params["A"].dtype)
     scaler = train.get("scaler")
     if scaler is not None:
-        U = standardize(U.copy(), np.asarray(scaler["mean"]), np.asarray(scaler["std"]))
+        U = standardize(U, np.asarray(scaler["mean"]), np.asarray(scaler["std"]), copy=True)
     Yhat, X, stats = predict(model, U, options)
     if stats.converged:
         return U, Yhat, np.ones(U.shape[0], dtype=bool)

@@ -79,3 +79,16 @@ def test_standardize_in_place_and_zero_std():
     frozen.flags.writeable = False
     res = standardize(frozen, [1, 1], [1, 1])
     assert res is not frozen and (res == 0).all() and (frozen == 1).all()
+
+
+def test_standardize_copy_leaves_the_block_and_matches_in_place_bitwise():
+    rng = np.random.default_rng(0)
+    block = rng.standard_normal((64, 7)).astype(np.float32) * 3 + 1
+    mean = rng.standard_normal(7)
+    std = np.abs(rng.standard_normal(7))
+    std[2] = 0.0  # a constant column
+    before = block.copy()
+    out = standardize(block, mean, std, copy=True)
+    assert out is not block and out.dtype == np.float32
+    np.testing.assert_array_equal(block, before)  # untouched
+    np.testing.assert_array_equal(out, standardize(before.copy(), mean, std))

@@ -151,7 +151,7 @@ class RunningStats:
         }
 
 
-def standardize(block, mean, std):
+def standardize(block, mean, std, copy=False):
     """Return ``(block - mean) / std``, treating ``std == 0`` as 1; in place when possible.
 
     Constant columns (``num_outbound_cmds`` in NSL-KDD, unseen one-hot slots) have zero
@@ -163,6 +163,9 @@ def standardize(block, mean, std):
         NumPy or CuPy. Modified in place when it is a writeable floating array.
     mean, std : array (p,)
         Statistics, e.g. ``Store.mean`` and ``Store.std``; moved to ``block``'s device.
+    copy : bool, default False
+        Leave ``block`` untouched and write into a new array (two passes over the data,
+        where copying first and then standardising in place takes three).
 
     Returns
     -------
@@ -177,6 +180,10 @@ def standardize(block, mean, std):
     std = xp.asarray(std, dtype=dtype)
     std = xp.where(std == 0, xp.asarray(1, dtype=dtype), std)
     writeable = getattr(getattr(block, "flags", None), "writeable", True)
+    if block.dtype.kind == "f" and copy:
+        out = xp.subtract(block, mean, dtype=dtype)
+        out /= std
+        return out
     if block.dtype.kind == "f" and writeable:
         block -= mean
         block /= std
