@@ -40,23 +40,31 @@ def equilibrium(model, U, options: SolverOptions = SolverOptions(), X0=None):
     if options.layerwise and S.layer_order:
         return _layer_sweep(model, Uproj, options, X0, act)
 
-    # From zeros the first evaluation of the map is φ(0 Aᵀ + Uproj) = φ(Uproj): it skips its
-    # GEMM (the same values, one GEMM fewer per solve) but still counts as an iteration, so the
-    # stopping rule and the test schedule are unchanged.  Both solvers evaluate the map at
-    # ``x0`` first, and ``x0`` is the zero array made here.
-    from_zero = [X0 is None]
-
-    def f_(x, out):
-        if from_zero[0]:
-            from_zero[0] = False
-            out[...] = Uproj
-        else:
-            S.A.matmul_t(x, A, out=out)
-            out += Uproj
-        return act.apply_(out)
-
+    f_ = _fixed_point_map(lambda x, out: S.A.matmul_t(x, A, out=out), Uproj, act, X0 is None)
     x0 = xp.zeros((U.shape[0], model.n_hidden), dtype=U.dtype) if X0 is None else X0
     return solve(f_, x0, options, what="forward fixed-point solve")
+
+
+def _fixed_point_map(product, z, phi, from_zero: bool):
+    """The map ``f(x) = φ(product(x) + z)`` as a solver wants it: ``f_(x, out) -> out``.
+
+    From zeros the first evaluation is φ(0 Aᵀ + z) = φ(z): it skips its GEMM (the same values,
+    one GEMM fewer per solve) but still counts as an iteration, so the stopping rule and the
+    test schedule are unchanged.  Both solvers evaluate the map at ``x0`` first; with
+    ``from_zero`` the caller's ``x0`` must be zeros.
+    """
+    first = [from_zero]
+
+    def f_(x, out):
+        if first[0]:
+            first[0] = False
+            out[...] = z
+        else:
+            product(x, out)
+            out += z
+        return phi.apply_(out)
+
+    return f_
 
 
 #: Rows per pass through a run of feedforward layers (NumPy): each layer's block of a pass
@@ -117,18 +125,10 @@ def _layer_sweep(model, Z, options, X0, act):
         g0, g1 = groups[k]
         k += 1
         z = pre_activation(Z, g0, g1, xp.empty((n_rows, g1 - g0), dtype=Z.dtype))
-        phi, Agt = act.sub(g0, g1), A[g0:g1, g0:g1].T
-        from_zero = [X0 is None]  # f(0) = φ(z): the first iterate from zero needs no GEMM
-
-        def f_(x, out, zg=z, Agt=Agt, phi=phi, from_zero=from_zero):
-            if from_zero[0]:
-                from_zero[0] = False
-                out[...] = zg
-            else:
-                xp.matmul(x, Agt, out=out)
-                out += zg
-            return phi.apply_(out)
-
+        Agt = A[g0:g1, g0:g1].T
+        f_ = _fixed_point_map(
+            lambda x, out, Agt=Agt: xp.matmul(x, Agt, out=out), z, act.sub(g0, g1), X0 is None
+        )
         x0 = xp.zeros_like(z) if X0 is None else xp.ascontiguousarray(X0[:, g0:g1])
         x, st = solve(f_, x0, options, what=f"forward solve of hidden layer {g0}:{g1}")
         Z[:, g0:g1] = x

@@ -184,9 +184,8 @@ def _adam(xp, param, g, m_old, v_old, cfg, lr, step):
     v += scratch  # β₂ v + (1 − β₂) g²
     xp.divide(v, 1 - b2**t, out=scratch)
     xp.sqrt(scratch, out=scratch)  # what ``** 0.5`` computes
-    scratch += cfg.eps
-    denom = scratch
+    scratch += cfg.eps  # the denominator
     upd = xp.multiply(m, lr / (1 - b1**t))
-    upd /= denom
+    upd /= scratch
     p = xp.subtract(param, upd, out=upd)
     return m, v, p
