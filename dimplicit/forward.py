@@ -35,11 +35,10 @@ def equilibrium(model, U, options: SolverOptions = SolverOptions(), X0=None):
     S = model.structure  # block-sparse products for layered models (dimplicit.structure)
     A = P["A"]
     Uproj = S.B.matmul_t(U, P["B"])  # computed once per solve (docs/design.md §2)
-    Uproj += P["b_x"]
     act = model.phi  # s ⊙ φ for gated models (built once per solve from the current β)
     if options.layerwise and S.layer_order:
-        return _layer_sweep(model, Uproj, options, X0, act)
-
+        return _layer_sweep(model, Uproj, options, X0, act)  # adds b_x layer by layer
+    Uproj += P["b_x"]
     f_ = _fixed_point_map(lambda x, out: S.A.matmul_t(x, A, out=out), Uproj, act, X0 is None)
     x0 = xp.zeros((U.shape[0], model.n_hidden), dtype=U.dtype) if X0 is None else X0
     return solve(f_, x0, options, what="forward fixed-point solve")
@@ -78,7 +77,7 @@ def _layer_sweep(model, Z, options, X0, act):
 
     Layer ``g`` reads only earlier layers (final once computed) and itself: ``x_g = φ(z_g)``
     for a feedforward layer, an inner fixed-point solve on the layer alone for an implicit one.
-    ``Z`` (the input projection) is overwritten by ``X``.
+    ``Z`` (the input projection ``U Bᵀ``, without ``b_x``) is overwritten by ``X``.
 
     A layer's pre-activation is built in its own contiguous array (one GEMM per run of adjacent
     earlier layers it reads) and written back once: elementwise passes on a column slice of
@@ -93,16 +92,16 @@ def _layer_sweep(model, Z, options, X0, act):
     def pre_activation(Zr, g0, g1, out):
         """``z_g`` of rows ``Zr`` into ``out`` (contiguous): reads of earlier layers + ``Z``."""
         spans = S.read_spans(g0)  # earlier layers: already X
+        # The layer's input term ``U Bᵀ + b_x``, formed here rather than over all of ``Z``
+        # beforehand: a layer that B does not feed reads the (contiguous) bias row alone.
+        fed = S.fed_by_inputs(g0)
         if not spans:
-            out[...] = Zr[:, g0:g1]
-            return out
+            return xp.add(Zr[:, g0:g1], b[g0:g1], out=out) if fed else _fill(out, b[g0:g1])
         c0, c1 = spans[0]
         xp.matmul(Zr[:, c0:c1], A[g0:g1, c0:c1].T, out=out)
         for c0, c1 in spans[1:]:
             out += Zr[:, c0:c1] @ A[g0:g1, c0:c1].T
-        # A layer that B does not feed has ``Z = b_x`` there: add the (contiguous) bias row
-        # rather than read the column slice (the same sum, exactly).
-        out += Zr[:, g0:g1] if S.fed_by_inputs(g0) else b[g0:g1]
+        out += Zr[:, g0:g1] + b[g0:g1] if fed else b[g0:g1]
         return out
 
     groups, parts, k = S.groups, [], 0
@@ -134,6 +133,12 @@ def _layer_sweep(model, Z, options, X0, act):
         Z[:, g0:g1] = x
         parts.append(st)
     return Z, SolveStats.merge(parts, options.tol, n_rows)
+
+
+def _fill(out, row):
+    """``out[...] = row`` (broadcast over the rows); returns ``out``."""
+    out[...] = row
+    return out
 
 
 def output(model, X, U):

@@ -34,7 +34,7 @@ def loss_and_grad(name: str, Yhat, Y):
     b, q = Yhat.shape
     if name == "mse":
         R = Yhat - Y
-        return (R * R).sum() / q, R * (2.0 / q)
+        return mse_sum((R * R).sum(), q), R * (2.0 / q)
     if name == "cross_entropy":
         onehot = _onehot(Y, q, Yhat.dtype, xp)
         Zs = Yhat - Yhat.max(axis=1, keepdims=True)  # stable log-softmax
@@ -51,6 +51,20 @@ def loss_and_grad(name: str, Yhat, Y):
     raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
 
 
+def loss_sum(name: str, Yhat, Y):
+    """The loss sum of :func:`loss_and_grad` alone, bitwise, without the gradient (validation)."""
+    if name == "mse":
+        R = Yhat - Y
+        return mse_sum((R * R).sum(), Yhat.shape[1])
+    return loss_and_grad(name, Yhat, Y)[0]
+
+
+def mse_sum(sse, q: int):
+    """The ``mse`` loss sum from ``sse = Σ (Ŷ − Y)²`` over ``q`` outputs (the per-sample mean over
+    the outputs, summed over the rows): for a caller that needs ``sse`` itself too."""
+    return sse / q
+
+
 def _onehot(Y, q, dtype, xp):
     if Y.ndim == 2 and Y.shape[1] == q:
         return Y.astype(dtype)
@@ -64,6 +78,10 @@ def _onehot(Y, q, dtype, xp):
 
 def row_rmse(Yhat, Y):
     """Per-row root-mean-square error (the autoencoder's anomaly score)."""
-    xp = array_module(Yhat)
-    R = Yhat - Y
+    return residual_rmse(Yhat - Y)
+
+
+def residual_rmse(R):
+    """Per-row root-mean-square of the errors ``R = Ŷ − Y`` (:func:`row_rmse` given ``R``)."""
+    xp = array_module(R)
     return xp.sqrt(xp.einsum("ij,ij->i", R, R) / R.shape[1])

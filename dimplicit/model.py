@@ -178,13 +178,25 @@ class ImplicitModel:
 
     def astype(self, backend) -> ImplicitModel:
         """The same model with params and masks on ``backend``'s device and dtype."""
-        return ImplicitModel(
+        model = ImplicitModel(
             {k: backend.asarray(v) for k, v in self.params.items()},
             self.activation,
             {k: backend.asarray(v) for k, v in self.masks.items()},
             self.kappa,
             self.meta,
         )
+        # The same masks on another device: the same blocks, if already computed.
+        return model.reuse_structure(self) if "structure" in self.__dict__ else model
+
+    def reuse_structure(self, other: ImplicitModel) -> ImplicitModel:
+        """Take ``other``'s :attr:`structure` rather than recompute it; returns ``self``.
+
+        Only for a model with ``other``'s masks, shapes and meta (other weights, or another
+        device): the structure depends on nothing else, and rebuilding it from the masks costs
+        more than a whole training step of a small batch.
+        """
+        self.__dict__["structure"] = other.structure
+        return self
 
     def save(self, path) -> Path:
         """Write the model to ``path`` (``.npz``, no pickle), atomically."""

@@ -1,9 +1,11 @@
-"""The float32 arctan polynomial stays within float32 rounding of the float64 arctan."""
+"""The float32 arctan kernel stays within float32 rounding of the float64 arctan, and it is
+bitwise the NumPy evaluation of its polynomial (the promise of :mod:`dimplicit.kernels`)."""
 
 import numpy as np
 import pytest
 
 from dimplicit.activations import Activation, arctan_
+from dimplicit.kernels.activations import _P
 
 
 def _ulp_error(y, x):
@@ -39,9 +41,31 @@ def test_float32_arctan_special_values():
     assert y[3] == 0 and not np.signbit(y[3]) and np.signbit(y[4])
 
 
-@pytest.mark.parametrize("shape", [(70_001,), (5_000, 16), (3, 40_000)])
-def test_float32_arctan_blocks_and_strided_views(shape):
-    # Several cache blocks with a remainder, and a column slice written through in place.
+def _numpy_atan(x):
+    """The kernel's operations, in its order, as NumPy float32 array expressions."""
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        a = np.abs(x)
+        t = np.minimum(a, np.float32(1) / a)
+        s = t * t
+        u = s * _P[8]
+        for c in _P[7::-1]:
+            u = (u + c) * s
+        u = u * t + t
+        u = np.where(a > 1, np.float32(np.pi / 2) - u, u)
+        return np.copysign(u, x)
+
+
+def test_kernel_is_bitwise_the_numpy_polynomial():
+    x = _inputs()
+    x = np.concatenate([x, np.float32([np.inf, -np.inf, np.nan, 0.0, -0.0])])
+    y, ref = arctan_(x.copy()), _numpy_atan(x)
+    assert y.dtype == ref.dtype == np.float32
+    np.testing.assert_array_equal(y.view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("shape", [(70_001,), (5_000, 16), (3, 40_000), (32, 16)])
+def test_float32_arctan_shapes_and_strided_views(shape):
+    # Long and short arrays, and a column slice written through in place.
     rng = np.random.default_rng(1)
     z = (rng.standard_normal(shape) * 4).astype(np.float32)
     ref = z.copy()

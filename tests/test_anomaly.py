@@ -263,3 +263,24 @@ def test_autoencoder_selects_the_best_validation_auc_on_the_workers(traffic):
     with dask.config.set(scheduler="sync"):
         cal = calibrate_on_store(t.model_, path, "validation")
     assert cal.val_auc == pytest.approx(t.best_["value"], abs=2e-3)
+
+
+def test_score_histogram_bins_each_score_as_a_search_would():
+    """Counting from the sorted scores gives the bins of a per-score search, edges and
+    non-finite scores included (NaN counts as +inf: the overflow bin)."""
+    from dimplicit.anomaly.metrics import SCORE_EDGES, score_histogram
+
+    def per_score(raw):
+        raw = np.asarray(raw, dtype=np.float64).ravel()
+        idx = np.searchsorted(SCORE_EDGES, np.where(np.isnan(raw), np.inf, raw), side="right")
+        return np.bincount(idx, minlength=len(SCORE_EDGES) + 1)
+
+    rng = np.random.default_rng(0)
+    raw = np.exp(rng.standard_normal(5000) * 4)
+    raw[:6] = [np.nan, np.inf, -np.inf, 0.0, -1.0, 1e-4]
+    raw[6:40] = SCORE_EDGES[rng.integers(0, len(SCORE_EDGES), 34)]  # exactly on edges
+    raw[40] = SCORE_EDGES[-1]
+    for x in (raw, raw[:1], raw[:6], [], raw.astype(np.float32)):
+        got = score_histogram(x)
+        assert got.dtype == np.int64 and got.shape == (len(SCORE_EDGES) + 1,)
+        np.testing.assert_array_equal(got, per_score(x))

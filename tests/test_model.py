@@ -235,3 +235,15 @@ def test_every_malformed_checkpoint_header_field_is_one_clear_error(tmp_path):
                 assert str(bad) in str(exc) and "\n" not in str(exc)
                 refused += 1
     assert refused > 30
+
+
+def test_astype_keeps_a_computed_structure():
+    """The block structure depends on the masks only: a device/dtype copy reuses it."""
+    from dimplicit.backend import get_backend
+    from dimplicit.model import build_model
+
+    model = build_model("ae-v1:3,8,4", 10, 10, activation="arctan", kappa=None, seed=0)
+    fresh = model.astype(get_backend("cpu", "float32"))
+    assert "structure" not in fresh.__dict__  # not computed yet: nothing to reuse
+    s = model.structure
+    assert model.astype(get_backend("cpu", "float32")).structure is s

@@ -143,3 +143,81 @@ def test_fit_rejects_bad_input():
     bad[2, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         fit(m, bad, np.zeros((5, 1)))
+
+
+class _GenericXp:
+    """NumPy seen as an unknown array module: the optimizers take their non-kernel path."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def _optimizer_inputs(dtype, shape=(37, 29), seed=3):
+    """Parameter, gradient and moments with zeros, signed zeros, tiny and huge entries."""
+    rng = np.random.default_rng(seed)
+    p, g, m, v = (rng.standard_normal(shape).astype(dtype) for _ in range(4))
+    g.flat[:6] = [0.0, -0.0, 1e-30, -1e30, np.finfo(dtype).tiny, 3.0]
+    m.flat[:2] = [-0.0, 0.0]
+    return p, g, m, np.abs(v)
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # NumPy, on ±1e30²
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("step", [0, 7, 1000])
+def test_adam_kernel_is_bitwise_the_numpy_update(dtype, step):
+    from dimplicit.optim import _adam
+
+    cfg = OptimizerConfig("adam", lr=3e-3, betas=(0.8, 0.995), eps=1e-7)
+    p, g, m, v = _optimizer_inputs(dtype)
+    copies = [a.copy() for a in (p, g, m, v)]
+    fused = _adam(np, p, g, m, v, cfg, 2e-3, step)
+    generic = _adam(_GenericXp(), p, g, m, v, cfg, 2e-3, step)
+    for a, b in zip(fused, generic, strict=True):
+        assert a.dtype == b.dtype == dtype and a.shape == b.shape
+        assert np.array_equal(a, b, equal_nan=True)
+        assert np.array_equal(np.signbit(a), np.signbit(b))
+    for a, c in zip((p, g, m, v), copies, strict=True):
+        assert np.array_equal(a, c)  # inputs untouched
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # NumPy, on ±1e30²
+def test_adam_kernel_handles_non_contiguous_and_non_finite_inputs():
+    from dimplicit.optim import _adam
+
+    cfg = OptimizerConfig("adam")
+    p, g, m, v = _optimizer_inputs(np.float32, shape=(20, 30))
+    g[1, 1], g[2, 2], v[3, 3] = np.nan, np.inf, np.inf
+    views = [a[::2, 1::3] for a in (p, g, m, v)]  # strided views
+    fused = _adam(np, *views, cfg, 1e-3, 4)
+    generic = _adam(_GenericXp(), *views, cfg, 1e-3, 4)
+    for a, b in zip(fused, generic, strict=True):
+        assert a.shape == views[0].shape
+        assert np.array_equal(a, b, equal_nan=True)
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # NumPy, on ±1e30²
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_kernel_is_bitwise_the_numpy_update(dtype, nesterov):
+    from dimplicit.optim import _momentum
+
+    cfg = OptimizerConfig("sgd", lr=0.1, momentum=0.9, nesterov=nesterov)
+    p, g, m, _ = _optimizer_inputs(dtype)
+    fused = _momentum(np, p, g, m, cfg, 0.05)
+    generic = _momentum(_GenericXp(), p, g, m, cfg, 0.05)
+    for a, b in zip(fused, generic, strict=True):
+        assert a.dtype == dtype and np.array_equal(a, b) and a is not p
+        assert np.array_equal(np.signbit(a), np.signbit(b))
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # NumPy, on ±1e30²
+def test_mixed_dtypes_take_numpys_promotion():
+    """A float64 gradient on a float32 parameter: NumPy's promotion, not the kernel."""
+    from dimplicit.optim import _adam
+
+    cfg = OptimizerConfig("adam")
+    p, g, m, v = _optimizer_inputs(np.float32)
+    out = _adam(np, p, g.astype(np.float64), m, v, cfg, 1e-3, 0)
+    ref = _adam(_GenericXp(), p, g.astype(np.float64), m, v, cfg, 1e-3, 0)
+    for a, b in zip(out, ref, strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)

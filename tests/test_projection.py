@@ -96,3 +96,63 @@ def test_models_without_layer_order_project_every_row():
     )
     v0 = build_model("ae-v0:5,32,16", 10, 10, seed=0)
     assert v0.kappa is None  # feedforward: nothing to constrain
+
+
+def vectorised_reference(A, kappa, mask=None):
+    """The vectorised NumPy projection (the CuPy path): the kernels must match it bitwise."""
+    out = A * mask if mask is not None else A.copy()
+    absA = np.abs(out)
+    slack = 8 * float(np.finfo(out.dtype).eps)
+    outside = absA.sum(axis=1) > kappa * (1 + slack)
+    if not outside.any():
+        return out
+    rows = absA[outside]
+    u = -np.sort(-rows, axis=1)
+    css = np.cumsum(u, axis=1) - kappa
+    j = np.arange(1, u.shape[1] + 1, dtype=u.dtype)
+    rho = u.shape[1] - 1 - np.argmax((u * j > css)[:, ::-1], axis=1)
+    theta = css[np.arange(u.shape[0]), rho] / (rho + 1).astype(u.dtype)
+    out[outside] = np.maximum(rows - theta[:, None], 0) * np.sign(out[outside])
+    return out
+
+
+def assert_bitwise(P, R):
+    assert P.dtype == R.dtype and P.shape == R.shape
+    assert np.array_equal(P, R, equal_nan=True)
+    assert np.array_equal(np.signbit(P), np.signbit(R))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 100, 129, 300, 1030])
+def test_kernel_is_bitwise_the_vectorised_projection(n, dtype):
+    rng = np.random.default_rng(n)
+    A = (rng.standard_normal((40, n)) * rng.uniform(0.0, 3.0 / max(n, 1), (40, 1))).astype(dtype)
+    A[1] = 0.0
+    A[2] = -0.0
+    A[3, : n // 2] = 1.0 / max(n, 1)  # ties
+    A[4] *= 50  # far outside: a small support
+    A[5] = -A[5]
+    for kappa in (0.1, 0.95, 1.0, 3.0):
+        assert_bitwise(project_rows_l1(A, kappa), vectorised_reference(A, kappa))
+
+
+def test_kernel_matches_the_vectorised_projection_on_non_finite_rows():
+    A = np.random.default_rng(5).standard_normal((6, 50)).astype(np.float32)
+    A[0, 3] = np.nan  # a NaN row sum: never outside, returned as it is
+    A[1, 7] = np.inf
+    A[2, 1] = -np.inf
+    with np.errstate(invalid="ignore"):
+        assert_bitwise(project_rows_l1(A, 0.9), vectorised_reference(A, 0.9))
+
+
+def test_kernel_on_views_masks_and_boundary_rows():
+    rng = np.random.default_rng(6)
+    A = rng.standard_normal((60, 90)).astype(np.float32) * 0.05
+    view = A[::2, 1::3]  # not contiguous
+    assert_bitwise(project_rows_l1(view, 0.5), vectorised_reference(view, 0.5))
+    M = (rng.random(view.shape) > 0.4).astype(np.float32)
+    assert_bitwise(project_rows_l1(view, 0.5, M), vectorised_reference(view, 0.5, M))
+    P = project_rows_l1(A, 0.7)  # rows on the boundary, up to rounding
+    assert_bitwise(project_rows_l1(P, 0.7), vectorised_reference(P, 0.7))
+    assert np.array_equal(project_rows_l1(P, 0.7), P)  # idempotent
+    assert np.shares_memory(A, view) and not np.shares_memory(project_rows_l1(view, 0.5), A)

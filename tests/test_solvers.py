@@ -285,3 +285,127 @@ def test_bench_core_splits_wall_time_into_gemm_and_the_rest():
     assert out["backward_solver"] == "picard" and out["check"] == "adaptive"
     total = out["gemm_seconds_per_step"] + out["other_seconds_per_step"]
     assert out["gemm_seconds_per_step"] > 0 and total == pytest.approx(out["seconds_per_step"])
+
+
+def _anderson_state(m, h, slot, dtype, rng, b=9, n=37):
+    """Ring buffers and Gram matrices as an Anderson solve leaves them before an iteration."""
+    F = rng.standard_normal((m, b, n)).astype(dtype)
+    G = (0.1 * rng.standard_normal((m, b, n))).astype(dtype)
+    x = rng.standard_normal((b, n)).astype(dtype)
+    gram = np.einsum("ibn,jbn->bij", G.astype(np.float64), G.astype(np.float64))
+    unused = [j for j in range(m) if j >= h]
+    gram[:, unused, :] = gram[:, :, unused] = 0.0  # slots not yet used
+    return x, F, G, gram
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("damping", [1.0, 0.6])
+@pytest.mark.parametrize(("m", "h", "slot"), [(1, 1, 0), (3, 1, 0), (3, 2, 1), (3, 3, 0),
+                                              (3, 3, 2), (5, 4, 3), (5, 5, 1)])  # fmt: skip
+def test_anderson_kernel_matches_the_numpy_iteration(m, h, slot, damping, dtype):
+    """The fused kernel: residual and mixing bitwise those of the NumPy passes it replaced;
+    the Gram row (now accumulated in float64) within rounding of a float64 dot product."""
+    from dimplicit.kernels.anderson import anderson_step
+    from dimplicit.solvers.anderson import _mixing_coefficients
+
+    rng = np.random.default_rng(m * 100 + h * 10 + slot)
+    x, F, G, gram = _anderson_state(m, h, slot, dtype, rng)
+    x0 = x.copy()
+    r = np.full(x.shape[0], np.nan)
+    if slot % 2:  # the first iteration's case: read x0, write a fresh array
+        x = np.full_like(x0, np.nan)
+        bad = anderson_step(x0, x, F, G, gram, slot, h, 1e-4, damping, True, r, 1e-20)
+    else:
+        bad = anderson_step(x, x, F, G, gram, slot, h, 1e-4, damping, True, r, 1e-20)
+    assert np.array_equal(G[slot], F[slot] - x0)
+    want = np.einsum("bn,mbn->bm", G[slot].astype(np.float64), G[:h].astype(np.float64))
+    np.testing.assert_allclose(gram[:, slot, :h], want, rtol=1e-12)
+    assert np.array_equal(gram[:, :h, slot], gram[:, slot, :h])
+    fnorm = np.sqrt(np.einsum("bn,bn->b", F[slot].astype(np.float64), F[slot]))
+    np.testing.assert_allclose(r, np.sqrt(gram[:, slot, slot]) / (fnorm + 1e-20), rtol=1e-12)
+    # The NumPy mixing, from the Gram matrix the kernel left.
+    if h == 1:
+        assert bad == 0 and np.array_equal(x, F[slot])
+        return
+    alpha, flagged = _mixing_coefficients(gram[:, :h, :h].copy(), slot, 1e-4, np)
+    assert bad == int(flagged.sum()) == 0
+    a = alpha.astype(dtype)
+    ref = np.einsum("bm,mbn->bn", a, F[:h])
+    if damping != 1.0:
+        ref -= (1 - damping) * np.einsum("bm,mbn->bn", a, G[:h])
+    assert np.array_equal(x, ref)
+
+
+def test_anderson_kernel_falls_back_to_picard_on_singular_systems():
+    """Two equal residuals and no regularisation: a zero pivot, flagged; x = f(x) there."""
+    from dimplicit.kernels.anderson import anderson_step
+
+    rng = np.random.default_rng(1)
+    x, F, G, gram = _anderson_state(3, 3, 2, np.float64, rng)
+    F[2] = F[0]  # g_2 = f(x) − x will equal g_0 for the first sample ...
+    G[0, 0] = F[2, 0] - x[0]
+    gram[:, 0, :] = np.einsum("bn,mbn->bm", G[0], G)
+    gram[:, :, 0] = gram[:, 0, :]
+    r = np.empty(x.shape[0])
+    f_new = F[2].copy()
+    bad = anderson_step(x, x, F, G, gram, 2, 3, 0.0, 1.0, False, r, 1e-30)
+    assert bad == 1
+    assert np.array_equal(x[0], f_new[0])  # ... whose step is a plain Picard step
+    assert not np.array_equal(x[1:], f_new[1:])
+
+
+def test_anderson_kernel_reports_non_finite_residuals_as_inf():
+    from dimplicit.kernels.anderson import anderson_step
+
+    rng = np.random.default_rng(2)
+    x, F, G, gram = _anderson_state(3, 2, 1, np.float32, rng)
+    F[1, 3, 5] = np.nan
+    F[1, 4, 0] = np.inf
+    r = np.zeros(x.shape[0])
+    anderson_step(x, x, F, G, gram, 1, 2, 1e-4, 1.0, True, r, 1e-20)
+    assert np.isinf(r[3]) and np.isinf(r[4]) and np.isfinite(np.delete(r, [3, 4])).all()
+
+
+class _GenericXp:
+    """NumPy seen as another array module (as CuPy would be): the solver's non-kernel path."""
+
+    __name__ = "generic"
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+@pytest.mark.parametrize("damping", [1.0, 0.7])
+def test_anderson_array_module_path_matches_the_kernel(monkeypatch, damping):
+    """The path CuPy takes (run here on NumPy arrays) and the fused kernel solve alike."""
+    import importlib
+
+    mod = importlib.import_module("dimplicit.solvers.anderson")
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((50, 50)) * 0.9 / 50**0.5
+    c = rng.standard_normal((16, 50))
+
+    def f_(x, out):
+        np.tanh(x @ W + c, out=out)
+        return out
+
+    x0 = np.zeros((16, 50))
+    opts = {"tol": 1e-10, "max_iter": 200, "damping": damping, "check": "fixed"}
+    x_kernel, s_kernel = mod.anderson(f_, x0, **opts)
+    monkeypatch.setattr(mod, "array_module", lambda a: _GenericXp())
+    x_generic, s_generic = mod.anderson(f_, x0, **opts)
+    assert s_kernel.converged and s_generic.converged
+    assert abs(s_kernel.iterations - s_generic.iterations) <= 4
+    np.testing.assert_allclose(x_generic, x_kernel, atol=1e-9)
+    assert not x0.any()  # the initial iterate is not modified
+
+
+def test_anderson_kernel_reports_a_nan_residual_with_a_finite_image_as_inf():
+    from dimplicit.kernels.anderson import anderson_step
+
+    rng = np.random.default_rng(3)
+    x, F, G, gram = _anderson_state(3, 2, 1, np.float64, rng)
+    x[2, 4] = np.nan  # f(x) finite, g = f(x) − x not: the Gram diagonal is NaN
+    r = np.zeros(x.shape[0])
+    anderson_step(x, x, F, G, gram, 1, 2, 1e-4, 1.0, True, r, 1e-30)
+    assert np.isinf(r[2]) and np.isfinite(np.delete(r, 2)).all()

@@ -387,3 +387,125 @@ def test_cli_train_without_a_checkpoint_dir_keeps_the_model(teacher_store, tmp_p
     assert model.is_file() and model.parent.parent.name == "runs"
     code, out2, _ = cli(capsys, *args)  # a second run gets its own directory
     assert code == 0 and json.loads(out2)["model"] != summary["model"]
+
+
+# ----------------------------------------------------------------------------- fast paths of
+# the tasks (issue #15): the same values as the code they replaced, with less work per step.
+
+
+def test_block_rows_draw_each_epoch_permutation_once():
+    from dimplicit.distributed import tasks
+
+    tasks._epoch_permutation.cache_clear()
+    perm = np.random.default_rng([7, 2, 1]).permutation(1000)
+    blocks = [tasks.block_rows(7, 2, 1, 1000, j, 32) for j in range(32)]
+    np.testing.assert_array_equal(np.concatenate(blocks), perm)  # the last block is short
+    assert tasks._epoch_permutation.cache_info().misses == 1
+    assert not blocks[0].flags.writeable  # shared by the epoch's blocks: read-only
+    other = tasks.block_rows(7, 3, 1, 1000, 0, 32)
+    np.testing.assert_array_equal(other, np.random.default_rng([7, 3, 1]).permutation(1000)[:32])
+
+
+def test_with_params_reuses_the_template_structure():
+    from dimplicit.backend import get_backend
+    from dimplicit.distributed.tasks import with_params
+    from dimplicit.model import build_model
+    from dimplicit.structure import BlockStructure
+
+    template = build_model("ae-v1:3,8,4", 10, 10, activation="arctan", kappa=None, seed=0,
+                           dtype="float32")  # fmt: skip
+    params = {k: v + np.float32(1) for k, v in template.params.items()}
+    model = with_params(template, params).astype(get_backend("cpu", "float32"))
+    assert model.structure is template.structure
+    assert model.structure == BlockStructure.of(model)
+    for k, m in template.masks.items():  # still masked: structural zeros stay zero
+        assert (model.params[k][m == 0] == 0).all()
+
+
+def _eval_model_and_rows(task):
+    from dimplicit.backend import get_backend
+    from dimplicit.model import build_model
+
+    rng = np.random.default_rng(3)
+    U = rng.standard_normal((500, 10)).astype(np.float32)
+    if task == "autoencode":
+        model = build_model("ae-v1:3,8,4", 10, 10, activation="arctan", kappa=None, seed=0,
+                            dtype="float32")  # fmt: skip
+        return model, U, rng.random(500) < 0.7  # labelled: True = normal
+    model = dense_model(10, 12, 3, seed=0).astype(get_backend("cpu", "float32"))
+    if task == "classify":
+        return model, U, rng.integers(0, 3, 500)
+    return model, U, rng.standard_normal((500, 3)).astype(np.float32)
+
+
+TASK_LOSSES = [("autoencode", "mse"), ("autoencode", "bce"), ("classify", "cross_entropy"),
+               ("regress", "mse")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("task", "loss"), TASK_LOSSES)
+def test_eval_sums_are_those_of_the_plain_expressions(task, loss):
+    """Each value ``eval_sums`` reports, against the expressions it computed before the
+    passes were shared (bitwise)."""
+    from dimplicit.anomaly.metrics import score_histogram
+    from dimplicit.distributed.tasks import eval_sums
+    from dimplicit.forward import predict
+    from dimplicit.losses import loss_and_grad, row_rmse
+
+    model, U, Y = _eval_model_and_rows(task)
+    config = StepConfig(loss)
+    got = eval_sums(model.params, model, (U, Y), config, "cpu", "float32")
+    Yhat = predict(model, U, config.forward)[0]
+    if task == "autoencode":
+        raw = row_rmse(Yhat, U)
+        np.testing.assert_array_equal(got["scores"], raw.astype(np.float64))
+        np.testing.assert_array_equal(got["normal"], Y)
+        np.testing.assert_array_equal(got["hist_normal"], score_histogram(raw[Y]))
+        np.testing.assert_array_equal(got["hist_anomalous"], score_histogram(raw[~Y]))
+        Yhat, Y = Yhat[Y], U[Y]
+        assert got["y_sum"] == got["y_sq_sum"] == 0.0  # R² sums: regression targets only
+    else:
+        assert got["scores"].size == 0
+    assert got["count"] == Y.shape[0]
+    assert got["loss"] == float(loss_and_grad(loss, Yhat, Y)[0])
+    if task == "classify":
+        assert got["correct"] == int((Yhat.argmax(axis=1) == Y).sum())
+        return
+    assert got["sse"] == float(((Yhat - Y) ** 2).sum())
+    if task == "regress":
+        assert got["y_sum"] == float(Y.sum()) and got["y_sq_sum"] == float((Y * Y).sum())
+
+
+def test_eval_sums_of_anomalies_only_report_scores_and_no_loss():
+    from dimplicit.distributed.tasks import eval_sums
+
+    model, U, _ = _eval_model_and_rows("autoencode")
+    got = eval_sums(model.params, model, (U, np.zeros(500, bool)), StepConfig(), "cpu", "float32")
+    assert got["count"] == 0 and got["loss"] == 0.0 and got["scores"].shape == (500,)
+    assert got["hist_normal"].sum() == 0 and got["hist_anomalous"].sum() == 500
+
+
+@pytest.mark.parametrize("loss", ["mse", "bce", "cross_entropy"])
+def test_loss_sum_is_the_loss_of_loss_and_grad(loss):
+    from dimplicit.losses import loss_and_grad, loss_sum
+
+    rng = np.random.default_rng(0)
+    Yhat = rng.standard_normal((300, 5)).astype(np.float32)
+    Y = rng.integers(0, 5, 300) if loss == "cross_entropy" else rng.random((300, 5)) < 0.5
+    Y = Y if loss == "cross_entropy" else Y.astype(np.float32)
+    assert loss_sum(loss, Yhat, Y) == loss_and_grad(loss, Yhat, Y)[0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_model_on_backend_is_with_params_then_astype(dtype):
+    """One construction when nothing moves, the conversion otherwise: the same bits."""
+    from dimplicit.backend import get_backend
+    from dimplicit.distributed.tasks import _model_on, with_params
+
+    template = dense_model(10, 12, 3, seed=0).astype(get_backend("cpu", dtype))
+    template.masks["A"] = (np.random.default_rng(0).random((12, 12)) < 0.5).astype(dtype)
+    params = {k: -np.abs(v) for k, v in template.params.items()}  # masked: -0.0 entries
+    be = get_backend("cpu", "float32")
+    got, want = _model_on(be, template, params), with_params(template, params).astype(be)
+    for k in want.params:
+        assert got.params[k].dtype == np.float32
+        np.testing.assert_array_equal(got.params[k].view(np.int32), want.params[k].view(np.int32))

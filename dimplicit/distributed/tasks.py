@@ -6,6 +6,7 @@ after a worker dies; the trained weights cannot tell the difference (docs/design
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -89,16 +90,29 @@ def block_rows(seed: int, epoch: int, chunk: int, n_rows: int, block: int, rows:
 
     A chunk's rows are permuted afresh every epoch by a generator keyed on
     ``(seed, epoch, chunk)``, so the blocks regroup rows each epoch and any worker derives
-    the same indices without being sent them.
+    the same indices without being sent them.  The result is a read-only view.
+    """
+    perm = _epoch_permutation(seed, epoch, chunk, n_rows)
+    return perm[block * rows : (block + 1) * rows]
+
+
+@functools.lru_cache(maxsize=8)
+def _epoch_permutation(seed: int, epoch: int, chunk: int, n_rows: int) -> np.ndarray:
+    """The permutation of a chunk's rows in ``epoch``, drawn once and shared by its blocks.
+
+    Drawing it costs about a millisecond for 50,000 rows, as much as a whole step of a small
+    batch, and every block of the epoch needs the same one.  A few entries suffice: a worker
+    holds the chunks it serves, and steps walk an epoch in order.  Read-only, since every
+    block of the epoch shares it.
     """
     perm = np.random.default_rng([seed, epoch, chunk]).permutation(n_rows)
-    return perm[block * rows : (block + 1) * rows]
+    perm.flags.writeable = False
+    return perm
 
 
 def _quiet_float_errors(fn):
     """Run ``fn`` without NumPy's overflow/invalid warnings: a diverging step is detected
     explicitly (``update`` checks every value) and reported once, as one line."""
-    import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -115,7 +129,7 @@ def block_sums(params, template, data, config, seed, epoch, chunk, block, rows, 
     U, Y = data
     idx = block_rows(seed, epoch, chunk, U.shape[0], block, rows)
     be = get_backend(device, dtype)
-    model = with_params(template, params).astype(be)
+    model = _model_on(be, template, params)
     if device == "gpu":
         idx = be.xp.asarray(idx)
     res = to_host_result(partition_sums(model, U[idx], Y[idx], config))
@@ -139,7 +153,7 @@ def eval_sums(params, template, data, config, device, dtype):
     """
     from dimplicit.anomaly.metrics import score_histogram
     from dimplicit.forward import predict
-    from dimplicit.losses import loss_and_grad, row_rmse
+    from dimplicit.losses import loss_sum, mse_sum
 
     U, Y = data
     out = {"loss": 0.0, "count": 0, "unconverged": 0, "correct": 0}
@@ -149,26 +163,48 @@ def eval_sums(params, template, data, config, device, dtype):
     if U.shape[0] == 0:
         return out
     be = get_backend(device, dtype)
-    model = with_params(template, fresh_copies(params)).astype(be)
+    model = _model_on(be, template, fresh_copies(params))
     Yhat, _, stats = predict(model, U, config.forward)
+    out["unconverged"] = stats.n_unconverged
     if Y.dtype == bool:  # autoencoder, labelled validation rows
-        raw = to_host(row_rmse(Yhat, U))
-        normal = to_host(Y)
-        out["hist_normal"] = score_histogram(raw[normal])
-        out["hist_anomalous"] = score_histogram(raw[~normal])
-        out["scores"], out["normal"] = np.asarray(raw, dtype=np.float64), np.asarray(normal)
-        if not normal.any():
-            return out | {"unconverged": stats.n_unconverged}
-        Yhat, U, Y = Yhat[Y], U[Y], U[Y]
-    loss, _ = loss_and_grad(config.loss, Yhat, Y)
-    out |= {"loss": float(loss), "count": int(U.shape[0]), "unconverged": stats.n_unconverged}
-    if Y.ndim == 1 and Y.dtype != bool:  # class codes
+        return out | _labelled_reconstruction_sums(Yhat, U, Y, config.loss)
+    out["count"] = int(Y.shape[0])
+    if Y.ndim == 1:  # class codes
+        out["loss"] = float(loss_sum(config.loss, Yhat, Y))
         out["correct"] = int((Yhat.argmax(axis=1) == Y).sum())
-    else:
-        out["sse"] = float(((Yhat - Y) ** 2).sum())
-        out["y_sum"] = float(Y.sum())
-        out["y_sq_sum"] = float((Y * Y).sum())
+        return out
+    R = Yhat - Y
+    sse = (R * R).sum()
+    loss = mse_sum(sse, R.shape[1]) if config.loss == "mse" else loss_sum(config.loss, Yhat, Y)
+    out |= {"loss": float(loss), "sse": float(sse)}
+    out |= {"y_sum": float(Y.sum()), "y_sq_sum": float((Y * Y).sum())}
     return out
+
+
+def _labelled_reconstruction_sums(Yhat, U, normal, loss: str) -> dict:
+    """:func:`eval_sums` of an autoencoder's labelled validation rows.
+
+    Every row's score (reconstruction RMSE) and the score histograms; the loss and ``sse`` of
+    the normal rows (the reconstruction target is ``U``).  ``y_sum`` and ``y_sq_sum`` serve R²
+    of regression targets only: they are left out, as are passes over ``Ŷ`` once ``R = Ŷ − U``
+    is formed (in ``Yhat``'s buffer: ``Ŷ`` is not needed after).
+    """
+    from dimplicit.anomaly.metrics import score_histogram
+    from dimplicit.losses import loss_sum, mse_sum, residual_rmse
+
+    xp = array_module(U)
+    Yhat_n = None if loss == "mse" else Yhat[normal]  # other losses read Ŷ itself
+    R = xp.subtract(Yhat, U, out=Yhat)
+    scores = np.asarray(to_host(residual_rmse(R)), dtype=np.float64)
+    mask = np.asarray(to_host(normal))
+    out = {"hist_normal": score_histogram(scores[mask]), "scores": scores, "normal": mask,
+           "hist_anomalous": score_histogram(scores[~mask])}  # fmt: skip
+    if not mask.any():
+        return out
+    Rn = xp.compress(normal, R, axis=0)  # = R[normal], a third faster than boolean indexing
+    sse = xp.square(Rn, out=Rn).sum()  # in place: Rn is not read again
+    value = mse_sum(sse, R.shape[1]) if loss == "mse" else loss_sum(loss, Yhat_n, U[normal])
+    return out | {"loss": float(value), "count": int(Rn.shape[0]), "sse": float(sse)}
 
 
 # Per-row arrays of eval_sums: merged by concatenation (in chunk order), not added.
@@ -231,8 +267,22 @@ def fresh_copies(params: dict) -> dict:
 
 
 def with_params(template: ImplicitModel, params: dict) -> ImplicitModel:
-    """``template`` (activation, masks, κ) with other weights."""
-    return ImplicitModel(params, template.activation, template.masks, template.kappa, template.meta)
+    """``template`` (activation, masks, κ) with other weights.
+
+    The block structure is the template's, computed once: its masks do not change.
+    """
+    model = ImplicitModel(params, template.activation, template.masks, template.kappa,
+                          template.meta)  # fmt: skip
+    return model.reuse_structure(template)
+
+
+def _model_on(backend, template: ImplicitModel, params: dict) -> ImplicitModel:
+    """``with_params(template, params).astype(backend)``, built once when the weights and
+    masks are already on ``backend``'s device and dtype (the in-process executor's case): the
+    second construction would only apply the masks again (a no-op on masked weights)."""
+    model = with_params(template, params)
+    arrays = (*model.params.values(), *model.masks.values())
+    return model if all(backend.asarray(a) is a for a in arrays) else model.astype(backend)
 
 
 __all__ = [

@@ -7,13 +7,17 @@ all samples at once by a vectorised elimination (:func:`_mixing_coefficients`). 
 iterate is ``x = β Σ α_j f(x_j) + (1 − β) Σ α_j x_j``.
 
 What an iteration costs besides the GEMM inside ``f``, in passes over a (batch × n) array:
-one subtraction for ``g``, one Gram *row* ``<g_new, g_j>`` (``m + 1`` arrays read: the Gram
-matrix is updated incrementally, never recomputed), the mixing (``m`` read, one written, into a
-preallocated buffer) and, only at the iterations the :class:`CheckSchedule` tests, one norm of
-``f(x)`` (the residual norm is the Gram diagonal).  That is why the default memory is short
-(m = 3): on the models measured in docs/performance.md a longer memory saved no iterations but
-costs two more passes per iteration.  On a linear map — the implicit adjoint system — Anderson
-with unlimited memory is GMRES; the short memory keeps most of that acceleration.
+the subtraction for ``g``, one Gram *row* ``<g_new, g_j>`` (the Gram matrix is updated
+incrementally, never recomputed), the mixing (``m`` arrays read, one written) and, only at the
+iterations the :class:`CheckSchedule` tests, one norm of ``f(x)`` (the residual norm is the Gram
+diagonal).  On NumPy they run as one compiled pass per row
+(:func:`dimplicit.kernels.anderson.anderson_step`, float64 Gram dot products), each array read
+from memory once: the solver's own time per iteration at batch = n = 1024 (one thread, a GEMM
+map; buffers and copies included) fell from 4.5–4.9 to 3.8–4.3 ms.  The default memory is
+short (m = 3) because on the models measured in docs/performance.md a longer memory saved no
+iterations but costs two more arrays read per iteration.  On a linear map — the implicit
+adjoint system — Anderson with unlimited memory is GMRES; the short memory keeps most of that
+acceleration.
 
 Memory is O(m · batch · n): only the last ``m`` values of ``f(x)`` and ``g`` are kept.
 """
@@ -21,6 +25,7 @@ Memory is O(m · batch · n): only the last ``m`` values of ``f(x)`` and ``g`` a
 from __future__ import annotations
 
 from dimplicit.backend import array_module
+from dimplicit.kernels.anderson import anderson_step
 from dimplicit.solvers.result import SolveStats, finish
 from dimplicit.solvers.schedule import CheckSchedule
 
@@ -77,53 +82,67 @@ def anderson(
     eps = 1e-30 if dt == xp.float64 else 1e-20
     schedule = CheckSchedule(check, check_every, tol, max_iter)
 
-    x = x0.copy()  # the mixed iterate; overwritten in place every iteration
+    x = xp.empty_like(x0)  # the mixed iterate, written by every iteration (x0 is read once)
+    fused = xp.__name__ == "numpy" and dt in (xp.float32, xp.float64)  # the kernel's dtypes
     fallbacks = 0
-    r = None
+    r = xp.full(b, xp.inf)  # the last per-sample residuals
     k = 0
     while True:
         slot = k % m
-        fx, g = F[slot], G[slot]
-        f_(x, fx)
-        xp.subtract(fx, x, out=g)
+        x_in = x0 if k == 0 else x
+        f_(x_in, F[slot])
         k += 1
         h = min(k, m)
-        # New Gram row/column: one batched dot product per stored residual.
-        row = xp.einsum("bn,mbn->bm", g, G[:h])
-        gram[:, slot, :h] = row
-        gram[:, :h, slot] = row
-        if schedule.due(k):
-            fnorm = xp.sqrt(xp.einsum("bn,bn->b", fx, fx).astype(xp.float64))
-            r = xp.sqrt(xp.maximum(gram[:, slot, slot], 0)) / (fnorm + eps)
-            r[~xp.isfinite(r)] = xp.inf
+        due = schedule.due(k)
+        if fused:
+            # One compiled pass per row does the whole iteration, mixing included: the mixing
+            # of the last iteration is wasted (and its fallbacks are not counted).
+            bad = anderson_step(x_in, x, F, G, gram, slot, h, regularization, damping, due, r, eps)
+        else:
+            _residual(xp, x_in, F, G, gram, slot, h, due, r, eps)
+        if due:
             rmax = float(r.max())
             if rmax < tol or k >= max_iter:
                 break
             schedule.observe(k, rmax)
-        if h == 1:
-            x[...] = fx  # one residual: the mixing is a plain Picard step
-            continue
-        alpha, bad = _mixing_coefficients(gram[:, :h, :h], slot, regularization, xp)
-        # Fall back to Picard (α = e_slot) for samples whose system was ill-conditioned.
-        if bad.any():
-            fallbacks += int(bad.sum())
-            alpha[bad] = 0
-            alpha[bad, slot] = 1
-        a = alpha.astype(dt)
-        _mix(xp, a, F[:h], x)
-        if damping != 1.0:
-            # Σ α x_j = Σ α (f_j − g_j): no need to store past iterates.
-            x -= (1 - damping) * xp.einsum("bm,mbn->bn", a, G[:h])
+        if not fused:
+            bad = _mixing(xp, x, F, G, gram, slot, h, regularization, damping)
+        fallbacks += bad
     return F[slot].copy(), finish(SolveStats.from_residuals(k, r, tol, fallbacks), on_failure, what)
 
 
-def _mix(xp, a, F, out):
-    """``out[b] = Σ_j a[b, j] F[j, b]`` in one pass, written into ``out``."""
-    if xp.__name__ == "numpy":
-        xp.einsum("bm,mbn->bn", a, F, out=out)
-    else:  # CuPy's einsum takes no ``out``; its memory pool makes the temporary cheap
-        out[...] = xp.einsum("bm,mbn->bn", a, F)
-    return out
+def _residual(xp, x_in, F, G, gram, slot, h, due, r, eps):
+    """``G[slot] = F[slot] − x_in``, its Gram row and, when ``due``, the residuals ``r``."""
+    fx, g = F[slot], G[slot]
+    xp.subtract(fx, x_in, out=g)
+    # New Gram row/column: one batched dot product per stored residual.
+    row = xp.einsum("bn,mbn->bm", g, G[:h])
+    gram[:, slot, :h] = row
+    gram[:, :h, slot] = row
+    if due:
+        fnorm = xp.sqrt(xp.einsum("bn,bn->b", fx, fx).astype(xp.float64))
+        r[...] = xp.sqrt(xp.maximum(gram[:, slot, slot], 0)) / (fnorm + eps)
+        r[~xp.isfinite(r)] = xp.inf
+
+
+def _mixing(xp, x, F, G, gram, slot, h, regularization, damping):
+    """The next iterate into ``x``; returns the number of Picard fallbacks."""
+    if h == 1:
+        x[...] = F[slot]  # one residual: the mixing is a plain Picard step
+        return 0
+    alpha, bad = _mixing_coefficients(gram[:, :h, :h], slot, regularization, xp)
+    # Fall back to Picard (α = e_slot) for samples whose system was ill-conditioned.
+    n_bad = int(bad.sum())
+    if n_bad:
+        alpha[bad] = 0
+        alpha[bad, slot] = 1
+    a = alpha.astype(x.dtype)
+    # CuPy's einsum takes no ``out``; its memory pool makes the temporary cheap.
+    x[...] = xp.einsum("bm,mbn->bn", a, F[:h])
+    if damping != 1.0:
+        # Σ α x_j = Σ α (f_j − g_j): no need to store past iterates.
+        x -= (1 - damping) * xp.einsum("bm,mbn->bn", a, G[:h])
+    return n_bad
 
 
 def _mixing_coefficients(gram, slot, lam, xp):

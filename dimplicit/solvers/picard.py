@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dimplicit.backend import array_module
-from dimplicit.solvers.result import SolveStats, finish, relative_residual
+from dimplicit.solvers.result import SolveStats, finish, relative_residuals
 from dimplicit.solvers.schedule import CheckSchedule
 
 
@@ -58,8 +58,7 @@ def picard(
         k += 1
         x, y = y, x  # x is now the newest iterate, y the previous one
         if schedule.due(k):
-            r = relative_residual(x, y, xp, scratch=y)  # y is dead after this: reuse it
-            rmax = float(r.max())
+            r, rmax = relative_residuals(x, y, xp, scratch=y)  # y is dead after this: reuse it
             if rmax < tol:
                 break
             schedule.observe(k, rmax)

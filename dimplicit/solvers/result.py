@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
+from dimplicit.kernels.residual import relative_residual_rows
+
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
 
 class NonConvergenceError(RuntimeError):
     """A fixed-point solve stopped at ``max_iter`` above tolerance (with ``on_failure="raise"``)."""
@@ -100,11 +106,38 @@ def relative_residual(x_new, x_old, xp, scratch=None):
     """Per-sample ``‖x_new − x_old‖ / (‖x_new‖ + ε)`` (rows are samples).
 
     Non-finite rows report ``inf`` so that a diverging solve can never look converged.
+    NumPy arrays take one compiled pass (:func:`dimplicit.kernels.residual.relative_residual_rows`,
+    bitwise the same values; ``scratch`` is not needed); other backends the expression below,
+    which may overwrite ``scratch``.
     """
+    eps = _eps(x_new, xp)
+    if _has_kernel(x_new, xp):
+        return relative_residual_rows(x_new, x_old, x_new.dtype.type(eps))[0]
     d = xp.subtract(x_new, x_old, out=scratch)
     num = xp.sqrt(xp.einsum("ij,ij->i", d, d))
     den = xp.sqrt(xp.einsum("ij,ij->i", x_new, x_new))
-    eps = 1e-30 if x_new.dtype == xp.float64 else 1e-20
     r = num / (den + eps)
     r[~xp.isfinite(r)] = xp.inf
     return r
+
+
+def relative_residuals(x_new, x_old, xp, scratch=None):
+    """:func:`relative_residual` and its maximum (a float): what a stopping test reads.
+
+    The kernel finds the maximum in the same pass; other backends reduce ``r`` (one device
+    synchronisation on GPU).
+    """
+    if _has_kernel(x_new, xp):
+        r, r_max = relative_residual_rows(x_new, x_old, x_new.dtype.type(_eps(x_new, xp)))
+        return r, float(r_max)
+    r = relative_residual(x_new, x_old, xp, scratch)
+    return r, float(r.max())
+
+
+def _eps(x, xp) -> float:
+    """The ε of the residual's denominator: all-zero rows report 0, not NaN."""
+    return 1e-30 if x.dtype == xp.float64 else 1e-20
+
+
+def _has_kernel(x, xp) -> bool:
+    return xp is np and x.ndim == 2 and x.dtype in _KERNEL_DTYPES

@@ -53,7 +53,7 @@ class CheckSchedule:
     def observe(self, k: int, r: float):
         """Record the worst residual ``r`` tested at iteration ``k``; schedule the next test."""
         step = self.every
-        if self.adaptive:
+        if self.adaptive and step > 1:  # (a gap of at most 1 is 1: nothing to predict)
             step = 1
             if self.last is not None and math.isfinite(r) and 0 < r < self.last[1]:
                 k0, r0 = self.last
